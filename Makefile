@@ -1,0 +1,44 @@
+# The project's contract: CI and the README call these targets.
+PY ?= 3.11
+VENV := .venvs/$(PY)
+PYTHON := $(VENV)/bin/python
+OTHER_PYS := 3.10 3.12 3.13
+
+.PHONY: dev run test test-main test-others conformance bench lint clean
+
+dev:
+	@scripts/venv.sh $(PY) requirements/test.txt
+
+run: dev
+	$(PYTHON) examples/run_all.py
+
+test: test-main test-others
+
+test-main: dev
+	$(PYTHON) -m pytest -q
+	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py
+	$(PYTHON) tests/conformance/run.py --ci
+
+test-others:
+	@for v in $(OTHER_PYS); do \
+		echo "== CPython $$v: tutorial programs and core tests"; \
+		scripts/venv.sh $$v requirements/test.txt || exit 1; \
+		.venvs/$$v/bin/python -m pytest -q tests/test_examples.py tests/test_loop_core.py || exit 1; \
+	done
+
+conformance: dev
+	$(PYTHON) tests/conformance/run.py
+
+bench: dev
+	@scripts/venv.sh $(PY) requirements/bench.txt
+	$(PYTHON) benchmarks/run.py
+
+lint: dev
+	cargo fmt --check
+	cargo clippy --release --all-targets -- -D warnings
+	$(VENV)/bin/python -m pip install -q mypy ruff
+	$(VENV)/bin/ruff check python tests examples benchmarks
+	$(VENV)/bin/python -m mypy.stubtest ferroloop --allowlist tests/stubtest-allowlist.txt
+
+clean:
+	rm -rf target .venvs

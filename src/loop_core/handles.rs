@@ -1,0 +1,453 @@
+//! `Handle` and `TimerHandle`: asyncio's callback handles, with its public API.
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use super::LoopCore;
+use crate::gil_cell::GilCell;
+use crate::pyapi;
+
+pub(crate) struct HandleState {
+    callback: Option<Py<PyAny>>,
+    args: Option<Py<PyTuple>>,
+    context: Option<Py<PyAny>>,
+    loop_: Option<Py<PyAny>>,
+    cancelled: bool,
+    /// Kept in debug mode when cancelled, as asyncio does, for slow-callback warnings.
+    repr: Option<String>,
+    source_traceback: Option<Py<PyAny>>,
+}
+
+/// A callback scheduled by `call_soon`, `add_reader`, …
+#[pyclass(name = "Handle", module = "ferroloop", subclass, frozen, weakref)]
+pub struct Handle {
+    pub(crate) state: GilCell<HandleState>,
+}
+
+/// A callback scheduled for a time by `call_at`/`call_later`.
+#[pyclass(name = "TimerHandle", module = "ferroloop", extends = Handle, frozen)]
+pub struct TimerHandle {
+    pub(crate) when: f64,
+    pub(crate) scheduled: GilCell<bool>,
+}
+
+static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn helper<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        py.import("asyncio.format_helpers")?
+            .getattr(name)
+            .map(Bound::unbind)
+    })
+    .map(|f| f.bind(py).clone())
+}
+
+/// `format_helpers.extract_stack(sys._getframe(0))`: the stack of the Python caller.
+pub(crate) fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
+    Ok(helper(py, &EXTRACT_STACK, "extract_stack")?
+        .call1((frame,))?
+        .unbind())
+}
+
+/// `format_helpers._format_callback_source(callback, args)` (with `debug=` on 3.13+).
+pub(crate) fn format_callback_source(
+    py: Python<'_>,
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyAny>,
+    debug: bool,
+) -> PyResult<String> {
+    let f = helper(py, &FORMAT_CALLBACK_SOURCE, "_format_callback_source")?;
+    let out = if py.version_info() >= (3, 13) {
+        let kw = PyDict::new(py);
+        kw.set_item("debug", debug)?;
+        f.call((callback, args), Some(&kw))?
+    } else {
+        f.call1((callback, args))?
+    };
+    out.extract()
+}
+
+impl Handle {
+    pub(crate) fn new_state(
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+        loop_: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Handle {
+            state: GilCell::new(HandleState {
+                callback: Some(callback),
+                args: Some(args),
+                context: Some(context),
+                loop_: Some(loop_),
+                cancelled: false,
+                repr: None,
+                source_traceback,
+            }),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).cancelled
+    }
+
+    /// Runs the callback in its context. Exceptions go to the loop's exception handler,
+    /// except KeyboardInterrupt and SystemExit, which propagate (asyncio's `Handle._run`).
+    #[inline]
+    pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let (callback, args, context) = {
+            let s = slf.get().state.borrow(py);
+            match (&s.callback, &s.args, &s.context) {
+                (Some(cb), Some(args), Some(ctx)) if !s.cancelled => (
+                    cb.clone_ref(py).into_bound(py),
+                    args.clone_ref(py).into_bound(py),
+                    ctx.clone_ref(py).into_bound(py),
+                ),
+                _ => return Ok(()),
+            }
+        };
+        match pyapi::run_in_context(py, &context, &callback, &args) {
+            Ok(_) => Ok(()),
+            Err(err) => Self::report(slf, &callback, &args, err),
+        }
+    }
+
+    #[cold]
+    fn report(
+        slf: &Bound<'_, Handle>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        err: PyErr,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+            return Err(err);
+        }
+        let (loop_, tb) = {
+            let s = slf.get().state.borrow(py);
+            (
+                s.loop_.as_ref().map(|l| l.clone_ref(py)),
+                s.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+            )
+        };
+        let Some(loop_) = loop_ else { return Ok(()) };
+        let loop_ = loop_.bind(py);
+        let debug = loop_is_debug(loop_);
+        let source = format_callback_source(py, callback, args.as_any(), debug)?;
+        let context = PyDict::new(py);
+        context.set_item("message", format!("Exception in callback {source}"))?;
+        context.set_item("exception", err.into_value(py))?;
+        context.set_item("handle", slf)?;
+        if let Some(tb) = tb {
+            if tb.bind(py).is_truthy()? {
+                context.set_item("source_traceback", tb)?;
+            }
+        }
+        loop_.call_method1("call_exception_handler", (context,))?;
+        Ok(())
+    }
+
+    fn repr_info(slf: &Bound<'_, Handle>, py: Python<'_>) -> PyResult<Vec<String>> {
+        let (cancelled, callback, args, loop_, tb) = {
+            let s = slf.get().state.borrow(py);
+            (
+                s.cancelled,
+                s.callback.as_ref().map(|c| c.clone_ref(py)),
+                s.args.as_ref().map(|a| a.clone_ref(py)),
+                s.loop_.as_ref().map(|l| l.clone_ref(py)),
+                s.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+            )
+        };
+        let mut info = vec![slf.get_type().name()?.to_string()];
+        if cancelled {
+            info.push("cancelled".to_owned());
+        }
+        if let Some(cb) = callback {
+            let debug = loop_.map(|l| loop_is_debug(l.bind(py))).unwrap_or(false);
+            let args: Bound<'_, PyAny> = match args {
+                Some(a) => a.into_bound(py).into_any(),
+                None => py.None().into_bound(py),
+            };
+            info.push(format_callback_source(py, cb.bind(py), &args, debug)?);
+        }
+        if let Some(tb) = tb {
+            let tb = tb.bind(py);
+            if tb.is_truthy()? {
+                let frame = tb.get_item(-1)?;
+                info.push(format!(
+                    "created at {}:{}",
+                    frame.get_item(0)?,
+                    frame.get_item(1)?
+                ));
+            }
+        }
+        Ok(info)
+    }
+
+    fn do_cancel(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        if slf.get().state.borrow(py).cancelled {
+            return Ok(());
+        }
+        let debug = {
+            let s = slf.get().state.borrow(py);
+            s.loop_
+                .as_ref()
+                .map(|l| loop_is_debug(l.bind(py)))
+                .unwrap_or(false)
+        };
+        let repr = if debug {
+            Some(slf.repr()?.to_string())
+        } else {
+            None
+        };
+        // Drop the callback and its arguments outside the borrow: their finalizers may
+        // schedule more callbacks.
+        let (_cb, _args) = {
+            let mut s = slf.get().state.borrow_mut(py);
+            s.cancelled = true;
+            s.repr = repr;
+            (s.callback.take(), s.args.take())
+        };
+        Ok(())
+    }
+}
+
+fn loop_is_debug(loop_: &Bound<'_, PyAny>) -> bool {
+    match loop_.cast::<LoopCore>() {
+        Ok(core) => core.get().debug(loop_.py()),
+        Err(_) => loop_
+            .call_method0("get_debug")
+            .and_then(|d| d.is_truthy())
+            .unwrap_or(false),
+    }
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::do_cancel(slf)
+    }
+
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .context
+            .as_ref()
+            .map(|c| c.clone_ref(py))
+    }
+
+    /// Runs the callback now, reporting errors to the loop (asyncio's `Handle._run`).
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run(slf)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .callback
+            .as_ref()
+            .map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.state.borrow(py).args.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    #[getter]
+    fn _cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .loop_
+            .as_ref()
+            .map(|l| l.clone_ref(py))
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_context(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .source_traceback
+            .as_ref()
+            .map(|t| t.clone_ref(py))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        if let Some(r) = &slf.get().state.borrow(py).repr {
+            return Ok(r.clone());
+        }
+        let mut info = Self::repr_info(slf, py)?;
+        if let Ok(timer) = slf.cast::<TimerHandle>() {
+            let pos = if slf.get().is_cancelled(py) { 2 } else { 1 };
+            let when = format!("when={}", pyfloat_repr(py, timer.get().when)?);
+            info.insert(pos.min(info.len()), when);
+        }
+        Ok(format!("<{}>", info.join(" ")))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(s) = self.state.try_borrow_for_gc(&visit) else {
+            return Ok(());
+        };
+        for obj in [&s.callback, &s.context, &s.loop_, &s.source_traceback]
+            .into_iter()
+            .flatten()
+        {
+            visit.call(obj)?;
+        }
+        if let Some(args) = &s.args {
+            visit.call(args)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let taken = {
+                let mut s = self.state.borrow_mut(py);
+                (
+                    s.callback.take(),
+                    s.args.take(),
+                    s.context.take(),
+                    s.loop_.take(),
+                    s.source_traceback.take(),
+                )
+            };
+            drop(taken);
+        })
+    }
+}
+
+fn pyfloat_repr(py: Python<'_>, value: f64) -> PyResult<String> {
+    Ok(pyo3::types::PyFloat::new(py, value).repr()?.to_string())
+}
+
+impl TimerHandle {
+    pub(crate) fn new_init(base: Handle, when: f64) -> PyClassInitializer<TimerHandle> {
+        PyClassInitializer::from(base).add_subclass(TimerHandle {
+            when,
+            scheduled: GilCell::new(false),
+        })
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self, py: Python<'_>) -> bool {
+        *self.scheduled.borrow(py)
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super();
+        if !base.get().is_cancelled(py) && *slf.get().scheduled.borrow(py) {
+            let loop_ = base
+                .get()
+                .state
+                .borrow(py)
+                .loop_
+                .as_ref()
+                .map(|l| l.clone_ref(py));
+            if let Some(loop_) = loop_ {
+                if let Ok(core) = loop_.bind(py).cast::<LoopCore>() {
+                    core.get().timer_cancelled(py);
+                }
+            }
+        }
+        Handle::do_cancel(base)
+    }
+
+    fn __hash__(&self) -> u64 {
+        let bits = if self.when == 0.0 {
+            0
+        } else {
+            self.when.to_bits()
+        };
+        bits ^ (bits >> 32)
+    }
+
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let Ok(other) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, other.get().when);
+        let eq = || -> PyResult<bool> {
+            if a != b {
+                return Ok(false);
+            }
+            let (sa, sb) = (
+                slf.as_super().get().state.borrow(py),
+                other.as_super().get().state.borrow(py),
+            );
+            if sa.cancelled != sb.cancelled {
+                return Ok(false);
+            }
+            let same = |x: &Option<Py<PyAny>>, y: &Option<Py<PyAny>>| -> PyResult<bool> {
+                match (x, y) {
+                    (None, None) => Ok(true),
+                    (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)),
+                    _ => Ok(false),
+                }
+            };
+            let args = |x: &Option<Py<PyTuple>>| x.as_ref().map(|t| t.clone_ref(py).into_any());
+            Ok(same(&sa.callback, &sb.callback)? && same(&args(&sa.args), &args(&sb.args))?)
+        };
+        let result = match op {
+            CompareOp::Lt => a < b,
+            CompareOp::Gt => a > b,
+            CompareOp::Le => a < b || eq()?,
+            CompareOp::Ge => a > b || eq()?,
+            CompareOp::Eq => eq()?,
+            CompareOp::Ne => !eq()?,
+        };
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
+    }
+}

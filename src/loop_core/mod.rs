@@ -1,0 +1,560 @@
+//! `LoopCore`: the Rust half of `ferroloop.Loop` — ready queue, timers, fd watchers,
+//! task creation — and the `_core` module's registration.
+
+mod fds;
+pub(crate) mod handles;
+mod run;
+mod timers;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::clock;
+use crate::errors::{closed_error, fileobj_to_fd, os_error};
+use crate::gil_cell::GilCell;
+use crate::poller::Poller;
+use crate::pyapi;
+use fds::{Dir, Fds};
+use handles::{Handle, TimerHandle};
+use timers::Timers;
+
+pub(crate) struct State {
+    ready: VecDeque<Py<Handle>>,
+    timers: Timers,
+    fds: Fds,
+    poller: Option<Arc<Poller>>,
+    events: Vec<nix::sys::epoll::EpollEvent>,
+    closed: bool,
+    stopping: bool,
+    debug: bool,
+    thread_id: Option<u64>,
+    current_handle: Option<Py<Handle>>,
+    task_factory: Option<Py<PyAny>>,
+}
+
+/// The native core of the event loop; `ferroloop.Loop` subclasses it.
+#[pyclass(name = "LoopCore", module = "ferroloop._core", subclass, frozen)]
+pub struct LoopCore {
+    st: GilCell<State>,
+    clock_resolution: f64,
+}
+
+static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn asyncio_attr<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        py.import("asyncio")?.getattr(name).map(Bound::unbind)
+    })
+    .map(|t| t.bind(py).clone())
+}
+
+impl LoopCore {
+    #[inline]
+    pub(crate) fn debug(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).debug
+    }
+
+    pub(crate) fn timer_cancelled(&self, py: Python<'_>) {
+        self.st.borrow_mut(py).timers.cancelled += 1;
+    }
+
+    #[inline]
+    fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
+        if self.st.borrow(py).closed {
+            return Err(closed_error());
+        }
+        Ok(())
+    }
+
+    /// Builds a handle for `callback(*args)` in `context` (a copy of the current one if
+    /// None), with the debug-mode checks asyncio makes on the way.
+    fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        method: Option<&str>,
+    ) -> PyResult<Handle> {
+        let py = slf.py();
+        let debug = slf.get().debug(py);
+        let mut source_traceback = None;
+        if debug {
+            if let Some(method) = method {
+                if method != "call_soon_threadsafe" {
+                    slf.call_method0("_check_thread")?;
+                }
+                slf.call_method1("_check_callback", (callback, method))?;
+            }
+            source_traceback = Some(handles::source_traceback(py)?);
+        }
+        let context = match context {
+            Some(c) if !c.is_none() => c.clone().unbind(),
+            _ => pyapi::copy_context(py)?.unbind(),
+        };
+        Ok(Handle::new_state(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            context,
+            slf.clone().into_any().unbind(),
+            source_traceback,
+        ))
+    }
+
+    fn schedule_soon(slf: &Bound<'_, Self>, handle: Handle) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let handle = Py::new(py, handle)?;
+        slf.get()
+            .st
+            .borrow_mut(py)
+            .ready
+            .push_back(handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        slf.get().check_closed(py)?;
+        let base = Self::new_handle(slf, callback, args, context, Some(method))?;
+        let timer = Py::new(py, TimerHandle::new_init(base, when))?;
+        slf.get()
+            .st
+            .borrow_mut(py)
+            .timers
+            .push(py, when, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    fn add_io(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        dir: Dir,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        slf.get().check_closed(py)?;
+        let fd = fileobj_to_fd(fd)?;
+        let handle = Py::new(py, Self::new_handle(slf, callback, args, None, None)?)?;
+        let old = {
+            let mut st = slf.get().st.borrow_mut(py);
+            let poller = st.poller.clone().ok_or_else(closed_error)?;
+            st.fds.add(&poller, fd, dir, handle).map_err(os_error)?
+        };
+        if let Some(old) = old {
+            old.bind(py).call_method0("cancel")?;
+        }
+        Ok(())
+    }
+
+    fn remove_io(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, dir: Dir) -> PyResult<bool> {
+        let py = slf.py();
+        if slf.get().st.borrow(py).closed {
+            return Ok(false);
+        }
+        let fd = fileobj_to_fd(fd)?;
+        let old = {
+            let mut st = slf.get().st.borrow_mut(py);
+            let Some(poller) = st.poller.clone() else {
+                return Ok(false);
+            };
+            st.fds.remove(&poller, fd, dir).map_err(os_error)?
+        };
+        match old {
+            Some(old) => {
+                old.bind(py).call_method0("cancel")?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
+
+#[pymethods]
+impl LoopCore {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let poller = Poller::new().map_err(os_error)?;
+        Ok(LoopCore {
+            st: GilCell::new(State {
+                ready: VecDeque::with_capacity(64),
+                timers: Timers::default(),
+                fds: Fds::default(),
+                poller: Some(Arc::new(poller)),
+                events: vec![nix::sys::epoll::EpollEvent::empty(); 256],
+                closed: false,
+                stopping: false,
+                debug: false,
+                thread_id: None,
+                current_handle: None,
+                task_factory: None,
+            }),
+            clock_resolution: clock::resolution(),
+        })
+    }
+
+    /// The loop's clock: `time.monotonic()`.
+    fn time(&self) -> f64 {
+        clock::monotonic()
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        slf.get().check_closed(slf.py())?;
+        let handle = Self::new_handle(slf, callback, args, context, Some("call_soon"))?;
+        Self::schedule_soon(slf, handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        slf.get().check_closed(py)?;
+        let handle = Self::new_handle(slf, callback, args, context, Some("call_soon_threadsafe"))?;
+        let handle = Self::schedule_soon(slf, handle)?;
+        if let Some(poller) = &slf.get().st.borrow(py).poller {
+            poller.wake();
+        }
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = clock::monotonic() + delay.extract::<f64>()?;
+        Self::schedule_at(slf, when, callback, args, context, "call_later")
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        Self::schedule_at(slf, when.extract()?, callback, args, context, "call_at")
+    }
+
+    /// Stop after the callbacks of the current iteration have run.
+    fn stop(&self, py: Python<'_>) {
+        self.st.borrow_mut(py).stopping = true;
+    }
+
+    fn is_running(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).thread_id.is_some()
+    }
+
+    fn is_closed(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).closed
+    }
+
+    fn get_debug(&self, py: Python<'_>) -> bool {
+        self.debug(py)
+    }
+
+    #[getter(_debug)]
+    fn get_debug_attr(&self, py: Python<'_>) -> bool {
+        self.debug(py)
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = value.is_truthy()?;
+        self.st.borrow_mut(py).debug = value;
+        Ok(())
+    }
+
+    #[getter(_closed)]
+    fn get_closed_attr(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).closed
+    }
+
+    #[getter(_stopping)]
+    fn get_stopping(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).stopping
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping(&self, py: Python<'_>, value: bool) {
+        self.st.borrow_mut(py).stopping = value;
+    }
+
+    #[getter(_thread_id)]
+    fn get_thread_id(&self, py: Python<'_>) -> Option<u64> {
+        self.st.borrow(py).thread_id
+    }
+
+    #[setter(_thread_id)]
+    fn set_thread_id(&self, py: Python<'_>, value: Option<u64>) {
+        self.st.borrow_mut(py).thread_id = value;
+    }
+
+    #[getter(_current_handle)]
+    fn get_current_handle(&self, py: Python<'_>) -> Option<Py<Handle>> {
+        self.st
+            .borrow(py)
+            .current_handle
+            .as_ref()
+            .map(|h| h.clone_ref(py))
+    }
+
+    #[getter(_clock_resolution)]
+    fn get_clock_resolution(&self) -> f64 {
+        self.clock_resolution
+    }
+
+    /// asyncio's `_timer_handle_cancelled`: one more cancelled timer in the heap.
+    fn _timer_handle_cancelled(&self, py: Python<'_>, _handle: &Bound<'_, PyAny>) {
+        self.timer_cancelled(py);
+    }
+
+    /// Wakes the loop if it is blocked in the poller (asyncio's self-pipe write).
+    fn _write_to_self(&self, py: Python<'_>) {
+        if let Some(poller) = &self.st.borrow(py).poller {
+            poller.wake_always();
+        }
+    }
+
+    /// Runs iterations until `stop()`; `Loop.run_forever` does the set-up around it.
+    fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let result = loop {
+            if let Err(e) = Self::run_once(slf) {
+                break Err(e);
+            }
+            if slf.get().st.borrow(py).stopping {
+                break Ok(());
+            }
+        };
+        slf.get().st.borrow_mut(py).stopping = false;
+        result
+    }
+
+    /// One loop iteration (asyncio's `_run_once`).
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::run_once(slf)
+    }
+
+    /// Marks the loop closed and releases callbacks, timers, watchers and the poller.
+    fn _close_core(&self, py: Python<'_>) {
+        let released = {
+            let mut st = self.st.borrow_mut(py);
+            st.closed = true;
+            (
+                std::mem::take(&mut st.ready),
+                st.timers.take_all(),
+                st.fds.take_all(),
+                st.poller.take(),
+                st.current_handle.take(),
+            )
+        };
+        drop(released);
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_io(slf, fd, callback, args, Dir::Read)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::add_io(slf, fd, callback, args, Dir::Write)
+    }
+
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_io(slf, fd, Dir::Read)
+    }
+
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::remove_io(slf, fd, Dir::Write)
+    }
+
+    /// `asyncio.Future(loop=self)`.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        asyncio_attr(py, &FUTURE_TYPE, "Future")?.call((), Some(&kwargs))
+    }
+
+    #[pyo3(signature = (coro, *, name=None, context=None))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().check_closed(py)?;
+        let factory = slf
+            .get()
+            .st
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py));
+        let name = name.filter(|n| !n.is_none());
+        let context = context.filter(|c| !c.is_none());
+        if let Some(factory) = factory {
+            let task = match context {
+                None => factory.bind(py).call1((slf, coro))?,
+                Some(ctx) => {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item("context", ctx)?;
+                    factory.bind(py).call((slf, coro), Some(&kwargs))?
+                }
+            };
+            if let Some(name) = name {
+                task.call_method1("set_name", (name,))?;
+            }
+            return Ok(task);
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        if let Some(name) = name {
+            kwargs.set_item(pyo3::intern!(py, "name"), name)?;
+        }
+        if let Some(ctx) = context {
+            kwargs.set_item(pyo3::intern!(py, "context"), ctx)?;
+        }
+        asyncio_attr(py, &TASK_TYPE, "Task")?.call((coro,), Some(&kwargs))
+    }
+
+    fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {
+        if !factory.is_none() && !factory.is_callable() {
+            return Err(PyTypeError::new_err(
+                "task factory must be a callable or None",
+            ));
+        }
+        let new = (!factory.is_none()).then(|| factory.clone().unbind());
+        let old = std::mem::replace(&mut self.st.borrow_mut(py).task_factory, new);
+        drop(old);
+        Ok(())
+    }
+
+    fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+    }
+
+    #[getter(_task_factory)]
+    fn get_task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_task_factory(py)
+    }
+
+    /// Number of callbacks waiting in the ready queue.
+    #[getter(_ready_count)]
+    fn ready_count(&self, py: Python<'_>) -> usize {
+        self.st.borrow(py).ready.len()
+    }
+
+    /// Number of timers in the heap, cancelled ones included (asyncio's `len(_scheduled)`).
+    #[getter(_timer_count)]
+    fn timer_count(&self, py: Python<'_>) -> usize {
+        self.st.borrow(py).timers.len()
+    }
+
+    /// The poller's epoll fd, or -1 once closed.
+    #[getter(_poller_fd)]
+    fn poller_fd(&self, py: Python<'_>) -> i32 {
+        self.st
+            .borrow(py)
+            .poller
+            .as_ref()
+            .map_or(-1, |p| p.epoll_fd())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(st) = self.st.try_borrow_for_gc(&visit) else {
+            return Ok(());
+        };
+        for h in st.ready.iter().chain(st.fds.iter()) {
+            visit.call(h)?;
+        }
+        for t in st.timers.iter() {
+            visit.call(t)?;
+        }
+        for obj in [&st.task_factory].into_iter().flatten() {
+            visit.call(obj)?;
+        }
+        if let Some(h) = &st.current_handle {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let released = {
+                let mut st = self.st.borrow_mut(py);
+                (
+                    std::mem::take(&mut st.ready),
+                    st.timers.take_all(),
+                    st.fds.take_all(),
+                    st.task_factory.take(),
+                    st.current_handle.take(),
+                )
+            };
+            drop(released);
+        })
+    }
+}
+
+pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<LoopCore>()?;
+    m.add_class::<Handle>()?;
+    m.add_class::<TimerHandle>()?;
+    Ok(())
+}

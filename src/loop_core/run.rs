@@ -1,0 +1,187 @@
+//! One loop iteration, as asyncio's `_run_once`: purge cancelled timers, poll, queue the
+//! I/O callbacks and due timers, then run exactly the handles that were ready.
+
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+use super::handles::Handle;
+use super::LoopCore;
+use crate::clock;
+use crate::errors::os_error;
+use crate::poller::{Waited, WAKER_TOKEN};
+
+// asyncio caps one poll at a day (base_events.MAXIMUM_SELECT_TIMEOUT).
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+
+static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+impl LoopCore {
+    pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let timeout = {
+            let mut trash = Vec::new();
+            let mut guard = this.st.borrow_mut(py);
+            let st = &mut *guard;
+            st.timers.purge_cancelled(py, &mut trash);
+            let timeout = if !st.ready.is_empty() || st.stopping {
+                Some(Duration::ZERO)
+            } else if let Some(when) = st.timers.earliest() {
+                let secs = (when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+                Some(Duration::from_secs_f64(secs))
+            } else {
+                None
+            };
+            drop(guard);
+            drop(trash);
+            timeout
+        };
+
+        Self::poll(slf, timeout)?;
+
+        // Timers due by now (plus the clock's resolution) join the ready queue.
+        let end = clock::monotonic() + this.clock_resolution;
+        loop {
+            let mut st = this.st.borrow_mut(py);
+            let Some(timer) = st.timers.pop_due(py, end) else {
+                break;
+            };
+            st.ready
+                .push_back(timer.into_bound(py).into_super().unbind());
+        }
+
+        // asyncio runs only the handles that were ready at the start of this step;
+        // callbacks scheduled meanwhile wait for the next iteration.
+        let ntodo = this.st.borrow(py).ready.len();
+        for _ in 0..ntodo {
+            let Some(handle) = this.st.borrow_mut(py).ready.pop_front() else {
+                break;
+            };
+            let handle = handle.into_bound(py);
+            if handle.get().is_cancelled(py) {
+                continue;
+            }
+            if this.debug(py) {
+                Self::run_debug(slf, &handle)?;
+            } else {
+                Handle::run(&handle)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Polls the OS and queues the callbacks of ready fds. The GIL is released only for a
+    /// blocking wait; with nothing to wait for and no fd watched, no syscall is made.
+    fn poll(slf: &Bound<'_, Self>, timeout: Option<Duration>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (poller, mut events, idle) = {
+            let mut st = this.st.borrow_mut(py);
+            let Some(poller) = st.poller.clone() else {
+                return Ok(());
+            };
+            let events = std::mem::take(&mut st.events);
+            (poller, events, st.fds.is_empty())
+        };
+        let blocking = timeout != Some(Duration::ZERO);
+        let waited = if !blocking && idle {
+            Ok(Waited::Events(0))
+        } else if blocking {
+            // Set while we hold the GIL: a thread that queues a callback after this point
+            // (it needs the GIL to do so) sees the flag and wakes us.
+            poller.set_polling(true);
+            let r = py.detach(|| poller.wait(&mut events, timeout));
+            poller.set_polling(false);
+            r
+        } else {
+            poller.wait(&mut events, timeout)
+        };
+        let result = match waited {
+            Ok(Waited::Events(n)) => {
+                Self::queue_io(this, py, &poller, &events[..n]);
+                Ok(())
+            }
+            Ok(Waited::Interrupted) => py.check_signals(),
+            Err(e) => Err(os_error(e)),
+        };
+        this.st.borrow_mut(py).events = events;
+        result
+    }
+
+    fn queue_io(
+        this: &LoopCore,
+        py: Python<'_>,
+        poller: &crate::poller::Poller,
+        events: &[nix::sys::epoll::EpollEvent],
+    ) {
+        use nix::sys::epoll::EpollFlags;
+        let st = &mut *this.st.borrow_mut(py);
+        for ev in events {
+            let token = ev.data();
+            if token == WAKER_TOKEN {
+                poller.drain_waker();
+                continue;
+            }
+            let Some(entry) = st.fds.get(token as i32) else {
+                continue;
+            };
+            // As selectors.EpollSelector: anything but EPOLLOUT wakes the reader, anything
+            // but EPOLLIN wakes the writer (so errors and hang-ups wake both).
+            let flags = ev.events();
+            let mut queue = |h: &Option<Py<Handle>>| {
+                if let Some(h) = h {
+                    if !h.get().is_cancelled(py) {
+                        st.ready.push_back(h.clone_ref(py));
+                    }
+                }
+            };
+            if flags.intersects(!EpollFlags::EPOLLOUT) {
+                queue(&entry.reader);
+            }
+            if flags.intersects(!EpollFlags::EPOLLIN) {
+                queue(&entry.writer);
+            }
+        }
+    }
+
+    /// Runs a handle in debug mode: tracks the current handle and warns about slow
+    /// callbacks, as asyncio does.
+    #[cold]
+    fn run_debug(slf: &Bound<'_, Self>, handle: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let previous = this
+            .st
+            .borrow_mut(py)
+            .current_handle
+            .replace(handle.clone().unbind());
+        drop(previous);
+        let t0 = clock::monotonic();
+        let result = Handle::run(handle);
+        let dt = clock::monotonic() - t0;
+        let cleared = this.st.borrow_mut(py).current_handle.take();
+        drop(cleared);
+        result?;
+        let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
+        if dt >= slow {
+            let format = FORMAT_HANDLE.get_or_try_init(py, || {
+                py.import("asyncio.base_events")?
+                    .getattr("_format_handle")
+                    .map(Bound::unbind)
+            })?;
+            let logger = LOGGER.get_or_try_init(py, || {
+                py.import("asyncio.log")?
+                    .getattr("logger")
+                    .map(Bound::unbind)
+            })?;
+            let what = format.bind(py).call1((handle,))?;
+            logger
+                .bind(py)
+                .call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
+        }
+        Ok(())
+    }
+}

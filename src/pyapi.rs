@@ -1,0 +1,43 @@
+//! The few raw CPython calls ferroloop makes, behind safe wrappers.
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+/// `contextvars.copy_context()`.
+#[inline]
+pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: the GIL is held (we have `py`); PyContext_CopyCurrent returns a new reference
+    // or NULL with an exception set, which `from_owned_ptr_or_err` turns into a `PyErr`.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
+}
+
+/// `context.run(callback, *args)`, without the method lookup and argument repacking when
+/// `context` is a real `contextvars.Context`.
+#[inline]
+pub fn run_in_context<'py>(
+    py: Python<'py>,
+    context: &Bound<'py, PyAny>,
+    callback: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `context` is a live object and the GIL is held.
+    let exact = unsafe { ffi::PyContext_CheckExact(context.as_ptr()) } != 0;
+    if !exact {
+        let mut full = Vec::with_capacity(args.len() + 1);
+        full.push(callback.clone());
+        full.extend(args.iter());
+        return context.call_method1("run", PyTuple::new(py, full)?);
+    }
+    // SAFETY: `context` is a Context (checked above) and the GIL is held; a failure to
+    // enter (already entered elsewhere) sets an exception, as Context.run raises it.
+    if unsafe { ffi::PyContext_Enter(context.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    let result = callback.call1(args);
+    // SAFETY: we entered this context just above on this thread and the GIL is held.
+    if unsafe { ffi::PyContext_Exit(context.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(py));
+    }
+    result
+}
