@@ -1,0 +1,45 @@
+"""Every behaviour test runs on the stock loop (the oracle) and on ferroloop."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import ferroloop
+
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    # The stock loop that asyncio.new_event_loop() gives on Linux, named directly so an
+    # installed ferroloop policy cannot swap the oracle out.
+    "asyncio": asyncio.SelectorEventLoop,
+    "ferroloop": ferroloop.new_event_loop,
+}
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(params=list(LOOP_FACTORIES))
+def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The loop factory under test: `asyncio` or `ferroloop`."""
+    return LOOP_FACTORIES[request.param]
+
+
+@pytest.fixture
+def loop(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> Iterator[asyncio.AbstractEventLoop]:
+    """A fresh loop, closed at tear-down; the test fails if it leaked file descriptors."""
+    gc.collect()
+    before = _open_fds()
+    lp = loop_factory()
+    try:
+        yield lp
+    finally:
+        if not lp.is_closed():
+            lp.close()
+        del lp
+        gc.collect()
+        assert _open_fds() <= before, "file descriptors leaked by the loop"
