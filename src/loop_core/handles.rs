@@ -420,22 +420,28 @@ impl TimerHandle {
             if a != b {
                 return Ok(false);
             }
-            let (sa, sb) = (
-                slf.as_super().get().state.borrow(py),
-                other.as_super().get().state.borrow(py),
-            );
-            if sa.cancelled != sb.cancelled {
+            // Clone out of both cells first: `==` on callbacks may run Python code.
+            let parts = |h: &Bound<'_, TimerHandle>| {
+                let s = h.as_super().get().state.borrow(py);
+                (
+                    s.cancelled,
+                    s.callback.as_ref().map(|c| c.clone_ref(py)),
+                    s.args.as_ref().map(|t| t.clone_ref(py).into_any()),
+                )
+            };
+            let (ca, cba, aa) = parts(slf);
+            let (cb, cbb, ab) = parts(other);
+            if ca != cb {
                 return Ok(false);
             }
-            let same = |x: &Option<Py<PyAny>>, y: &Option<Py<PyAny>>| -> PyResult<bool> {
+            let same = |x: Option<Py<PyAny>>, y: Option<Py<PyAny>>| -> PyResult<bool> {
                 match (x, y) {
                     (None, None) => Ok(true),
                     (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)),
                     _ => Ok(false),
                 }
             };
-            let args = |x: &Option<Py<PyTuple>>| x.as_ref().map(|t| t.clone_ref(py).into_any());
-            Ok(same(&sa.callback, &sb.callback)? && same(&args(&sa.args), &args(&sb.args))?)
+            Ok(same(cba, cbb)? && same(aa, ab)?)
         };
         let result = match op {
             CompareOp::Lt => a < b,
