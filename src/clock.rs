@@ -7,7 +7,7 @@ use nix::time::{clock_gettime, ClockId};
 #[inline]
 pub fn monotonic() -> f64 {
     match clock_gettime(ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => (ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128) as f64 / 1e9,
+        Ok(ts) => (ts.tv_sec() * 1_000_000_000 + ts.tv_nsec()) as f64 / 1e9,
         // CLOCK_MONOTONIC cannot fail on Linux; fall back to a clock that cannot either.
         Err(_) => std::time::UNIX_EPOCH
             .elapsed()

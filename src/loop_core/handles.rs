@@ -23,13 +23,20 @@ pub(crate) struct HandleState {
 }
 
 /// A callback scheduled by `call_soon`, `add_reader`, …
-#[pyclass(name = "Handle", module = "ferroloop", subclass, frozen, weakref)]
+#[pyclass(
+    name = "Handle",
+    module = "ferroloop",
+    subclass,
+    frozen,
+    weakref,
+    freelist = 512
+)]
 pub struct Handle {
     pub(crate) state: GilCell<HandleState>,
 }
 
 /// A callback scheduled for a time by `call_at`/`call_later`.
-#[pyclass(name = "TimerHandle", module = "ferroloop", extends = Handle, frozen)]
+#[pyclass(name = "TimerHandle", module = "ferroloop", extends = Handle, frozen, freelist = 256)]
 pub struct TimerHandle {
     pub(crate) when: f64,
     pub(crate) scheduled: GilCell<bool>,

@@ -43,14 +43,16 @@ impl LoopCore {
         Self::poll(slf, timeout)?;
 
         // Timers due by now (plus the clock's resolution) join the ready queue.
-        let end = clock::monotonic() + this.clock_resolution;
-        loop {
-            let mut st = this.st.borrow_mut(py);
-            let Some(timer) = st.timers.pop_due(py, end) else {
-                break;
-            };
-            st.ready
-                .push_back(timer.into_bound(py).into_super().unbind());
+        if !this.st.borrow(py).timers.is_empty() {
+            let end = clock::monotonic() + this.clock_resolution;
+            loop {
+                let mut st = this.st.borrow_mut(py);
+                let Some(timer) = st.timers.pop_due(py, end) else {
+                    break;
+                };
+                st.ready
+                    .push_back(timer.into_bound(py).into_super().unbind());
+            }
         }
 
         // asyncio runs only the handles that were ready at the start of this step;

@@ -70,6 +70,10 @@ impl Timers {
         self.heap.len()
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.heap.is_empty()
+    }
+
     /// Drops cancelled timers, from the top or (when they pile up) from the whole heap.
     /// Removed handles go to `trash`, to be released after the caller's borrow ends.
     pub(crate) fn purge_cancelled(&mut self, py: Python<'_>, trash: &mut Vec<Py<TimerHandle>>) {
