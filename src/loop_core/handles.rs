@@ -36,7 +36,7 @@ pub struct Handle {
 }
 
 /// A callback scheduled for a time by `call_at`/`call_later`.
-#[pyclass(name = "TimerHandle", module = "ferroloop", extends = Handle, frozen, freelist = 256)]
+#[pyclass(name = "TimerHandle", module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
     pub(crate) when: f64,
     pub(crate) scheduled: GilCell<bool>,
@@ -206,27 +206,24 @@ impl Handle {
 
     fn do_cancel(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
-        if slf.get().state.borrow(py).cancelled {
-            return Ok(());
+        let loop_ = {
+            let mut s = slf.get().state.borrow_mut(py);
+            if s.cancelled {
+                return Ok(());
+            }
+            s.cancelled = true;
+            s.loop_.as_ref().map(|l| l.clone_ref(py))
+        };
+        // In debug mode asyncio keeps the repr (now saying "cancelled", callback still
+        // named) for its slow-callback warnings.
+        if loop_.is_some_and(|l| loop_is_debug(l.bind(py))) {
+            let repr = slf.repr()?.to_string();
+            slf.get().state.borrow_mut(py).repr = Some(repr);
         }
-        let debug = {
-            let s = slf.get().state.borrow(py);
-            s.loop_
-                .as_ref()
-                .map(|l| loop_is_debug(l.bind(py)))
-                .unwrap_or(false)
-        };
-        let repr = if debug {
-            Some(slf.repr()?.to_string())
-        } else {
-            None
-        };
         // Drop the callback and its arguments outside the borrow: their finalizers may
         // schedule more callbacks.
         let (_cb, _args) = {
             let mut s = slf.get().state.borrow_mut(py);
-            s.cancelled = true;
-            s.repr = repr;
             (s.callback.take(), s.args.take())
         };
         Ok(())

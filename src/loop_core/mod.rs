@@ -12,7 +12,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
@@ -256,7 +256,14 @@ impl LoopCore {
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let when = clock::monotonic() + delay.extract::<f64>()?;
+        let now = clock::monotonic();
+        // asyncio computes `self.time() + delay`: anything that adds to a float goes,
+        // anything else (Decimal, str) raises TypeError.
+        let when = if delay.is_exact_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
+            now + delay.extract::<f64>()?
+        } else {
+            PyFloat::new(slf.py(), now).add(delay)?.extract::<f64>()?
+        };
         Self::schedule_at(slf, when, callback, args, context, "call_later")
     }
 

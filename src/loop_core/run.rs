@@ -22,25 +22,19 @@ impl LoopCore {
     pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let timeout = {
+        // Cancelled timers are released before anything else: their finalizers may queue
+        // callbacks, which the poll timeout below must see.
+        let purged = {
             let mut trash = Vec::new();
-            let mut guard = this.st.borrow_mut(py);
-            let st = &mut *guard;
-            st.timers.purge_cancelled(py, &mut trash);
-            let timeout = if !st.ready.is_empty() || st.stopping {
-                Some(Duration::ZERO)
-            } else if let Some(when) = st.timers.earliest() {
-                let secs = (when - clock::monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
-                Some(Duration::from_secs_f64(secs))
-            } else {
-                None
-            };
-            drop(guard);
-            drop(trash);
-            timeout
+            this.st
+                .borrow_mut(py)
+                .timers
+                .purge_cancelled(py, &mut trash);
+            trash
         };
+        drop(purged);
 
-        Self::poll(slf, timeout)?;
+        Self::poll(slf)?;
 
         // Timers due by now (plus the clock's resolution) join the ready queue.
         if !this.st.borrow(py).timers.is_empty() {
@@ -77,24 +71,41 @@ impl LoopCore {
 
     /// Polls the OS and queues the callbacks of ready fds. The GIL is released only for a
     /// blocking wait; with nothing to wait for and no fd watched, no syscall is made.
-    fn poll(slf: &Bound<'_, Self>, timeout: Option<Duration>) -> PyResult<()> {
+    fn poll(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let (poller, mut events, idle) = {
+        let Some(poller) = this.st.borrow(py).poller.clone() else {
+            return Ok(());
+        };
+        // Raised before the timeout is read, and no Python code runs until the wait: a
+        // thread queueing a callback (it needs the GIL) either is seen by the timeout
+        // computation or sees the flag and wakes us.
+        poller.set_polling(true);
+        let (timeout, mut events, idle) = {
             let mut st = this.st.borrow_mut(py);
-            let Some(poller) = st.poller.clone() else {
-                return Ok(());
+            let timeout = if !st.ready.is_empty() || st.stopping {
+                Some(Duration::ZERO)
+            } else if let Some(when) = st.timers.earliest() {
+                // asyncio: min(max(0, when - now), MAXIMUM_SELECT_TIMEOUT); NaN gives 0.
+                let secs = when - clock::monotonic();
+                let secs = if secs > 0.0 {
+                    secs.min(MAXIMUM_SELECT_TIMEOUT)
+                } else {
+                    0.0
+                };
+                Some(Duration::from_secs_f64(secs))
+            } else {
+                None
             };
-            let events = std::mem::take(&mut st.events);
-            (poller, events, st.fds.is_empty())
+            (timeout, std::mem::take(&mut st.events), st.fds.is_empty())
         };
         let blocking = timeout != Some(Duration::ZERO);
+        if !blocking {
+            poller.set_polling(false);
+        }
         let waited = if !blocking && idle {
             Ok(Waited::Events(0))
         } else if blocking {
-            // Set while we hold the GIL: a thread that queues a callback after this point
-            // (it needs the GIL to do so) sees the flag and wakes us.
-            poller.set_polling(true);
             let r = py.detach(|| poller.wait(&mut events, timeout));
             poller.set_polling(false);
             r
