@@ -41,3 +41,28 @@ pub fn run_in_context<'py>(
     }
     result
 }
+
+/// The object's reference count.
+#[inline]
+pub fn refcnt(obj: &Bound<'_, PyAny>) -> isize {
+    // SAFETY: `obj` is a live object (we hold a reference) and the GIL is held.
+    unsafe { ffi::Py_REFCNT(obj.as_ptr()) }
+}
+
+/// Whether weak references to `obj` may exist. Conservative: types whose weakref list
+/// is not at a plain offset (managed weakrefs) answer true.
+#[inline]
+pub fn may_have_weakrefs(obj: &Bound<'_, PyAny>) -> bool {
+    let ptr = obj.as_ptr();
+    // SAFETY: `obj` is live and the GIL is held; a positive tp_weaklistoffset is the
+    // offset of the object's weakref-list head (a PyObject* that is NULL when no weak
+    // reference exists), as CPython's own _PyObject_GET_WEAKREFS_LISTPTR reads it.
+    unsafe {
+        let offset = (*ffi::Py_TYPE(ptr)).tp_weaklistoffset;
+        if offset <= 0 {
+            return true;
+        }
+        let head = ptr.cast::<u8>().offset(offset).cast::<*mut ffi::PyObject>();
+        !(*head).is_null()
+    }
+}

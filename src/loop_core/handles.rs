@@ -22,15 +22,40 @@ pub(crate) struct HandleState {
     source_traceback: Option<Py<PyAny>>,
 }
 
+impl HandleState {
+    pub(crate) fn new(
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        context: Py<PyAny>,
+        loop_: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        HandleState {
+            callback: Some(callback),
+            args: Some(args),
+            context: Some(context),
+            loop_: Some(loop_),
+            cancelled: false,
+            repr: None,
+            source_traceback,
+        }
+    }
+
+    fn empty() -> Self {
+        HandleState {
+            callback: None,
+            args: None,
+            context: None,
+            loop_: None,
+            cancelled: true,
+            repr: None,
+            source_traceback: None,
+        }
+    }
+}
+
 /// A callback scheduled by `call_soon`, `add_reader`, …
-#[pyclass(
-    name = "Handle",
-    module = "ferroloop",
-    subclass,
-    frozen,
-    weakref,
-    freelist = 512
-)]
+#[pyclass(name = "Handle", module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     pub(crate) state: GilCell<HandleState>,
 }
@@ -85,24 +110,21 @@ pub(crate) fn format_callback_source(
 }
 
 impl Handle {
-    pub(crate) fn new_state(
-        callback: Py<PyAny>,
-        args: Py<PyTuple>,
-        context: Py<PyAny>,
-        loop_: Py<PyAny>,
-        source_traceback: Option<Py<PyAny>>,
-    ) -> Self {
+    pub(crate) fn new(state: HandleState) -> Self {
         Handle {
-            state: GilCell::new(HandleState {
-                callback: Some(callback),
-                args: Some(args),
-                context: Some(context),
-                loop_: Some(loop_),
-                cancelled: false,
-                repr: None,
-                source_traceback,
-            }),
+            state: GilCell::new(state),
         }
+    }
+
+    /// Re-arms a recycled handle; returns the (empty) previous state to drop.
+    pub(crate) fn rearm(&self, py: Python<'_>, state: HandleState) -> HandleState {
+        std::mem::replace(&mut *self.state.borrow_mut(py), state)
+    }
+
+    /// Empties a handle nobody else references, for recycling; the caller drops the
+    /// returned references once no borrow is held.
+    pub(crate) fn take_state(&self, py: Python<'_>) -> HandleState {
+        std::mem::replace(&mut *self.state.borrow_mut(py), HandleState::empty())
     }
 
     #[inline]

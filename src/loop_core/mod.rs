@@ -21,7 +21,7 @@ use crate::gil_cell::GilCell;
 use crate::poller::Poller;
 use crate::pyapi;
 use fds::{Dir, Fds};
-use handles::{Handle, TimerHandle};
+use handles::{Handle, HandleState, TimerHandle};
 use timers::Timers;
 
 pub(crate) struct State {
@@ -36,6 +36,9 @@ pub(crate) struct State {
     thread_id: Option<u64>,
     current_handle: Option<Py<Handle>>,
     task_factory: Option<Py<PyAny>>,
+    /// Spent handles that nobody else referenced, re-armed by the next `call_soon`
+    /// instead of allocating (uvloop keeps a freelist for the same reason).
+    handle_pool: Vec<Py<Handle>>,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -44,6 +47,8 @@ pub struct LoopCore {
     st: GilCell<State>,
     clock_resolution: f64,
 }
+
+const HANDLE_POOL_MAX: usize = 256;
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -85,7 +90,7 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
         method: Option<&str>,
-    ) -> PyResult<Handle> {
+    ) -> PyResult<HandleState> {
         let py = slf.py();
         let debug = slf.get().debug(py);
         let mut source_traceback = None;
@@ -102,7 +107,7 @@ impl LoopCore {
             Some(c) if !c.is_none() => c.clone().unbind(),
             _ => pyapi::copy_context(py)?.unbind(),
         };
-        Ok(Handle::new_state(
+        Ok(HandleState::new(
             callback.clone().unbind(),
             args.clone().unbind(),
             context,
@@ -111,14 +116,23 @@ impl LoopCore {
         ))
     }
 
-    fn schedule_soon(slf: &Bound<'_, Self>, handle: Handle) -> PyResult<Py<Handle>> {
+    fn schedule_soon(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let handle = Py::new(py, handle)?;
-        slf.get()
-            .st
-            .borrow_mut(py)
-            .ready
-            .push_back(handle.clone_ref(py));
+        let mut st = slf.get().st.borrow_mut(py);
+        let handle = match st.handle_pool.pop() {
+            Some(handle) => {
+                // Recycled handles are empty: nothing to release from the old state.
+                let _empty = handle.get().rearm(py, state);
+                handle
+            }
+            None => {
+                drop(st);
+                let handle = Py::new(py, Handle::new(state))?;
+                st = slf.get().st.borrow_mut(py);
+                handle
+            }
+        };
+        st.ready.push_back(handle.clone_ref(py));
         Ok(handle)
     }
 
@@ -133,7 +147,7 @@ impl LoopCore {
         let py = slf.py();
         slf.get().check_closed(py)?;
         let base = Self::new_handle(slf, callback, args, context, Some(method))?;
-        let timer = Py::new(py, TimerHandle::new_init(base, when))?;
+        let timer = Py::new(py, TimerHandle::new_init(Handle::new(base), when))?;
         slf.get()
             .st
             .borrow_mut(py)
@@ -152,7 +166,10 @@ impl LoopCore {
         let py = slf.py();
         slf.get().check_closed(py)?;
         let fd = fileobj_to_fd(fd)?;
-        let handle = Py::new(py, Self::new_handle(slf, callback, args, None, None)?)?;
+        let handle = Py::new(
+            py,
+            Handle::new(Self::new_handle(slf, callback, args, None, None)?),
+        )?;
         let old = {
             let mut st = slf.get().st.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
@@ -206,6 +223,7 @@ impl LoopCore {
                 thread_id: None,
                 current_handle: None,
                 task_factory: None,
+                handle_pool: Vec::with_capacity(HANDLE_POOL_MAX),
             }),
             clock_resolution: clock::resolution(),
         })
@@ -392,6 +410,7 @@ impl LoopCore {
                 st.fds.take_all(),
                 st.poller.take(),
                 st.current_handle.take(),
+                std::mem::take(&mut st.handle_pool),
             )
         };
         drop(released);
@@ -527,7 +546,12 @@ impl LoopCore {
         let Ok(st) = self.st.try_borrow_for_gc(&visit) else {
             return Ok(());
         };
-        for h in st.ready.iter().chain(st.fds.iter()) {
+        for h in st
+            .ready
+            .iter()
+            .chain(st.fds.iter())
+            .chain(st.handle_pool.iter())
+        {
             visit.call(h)?;
         }
         for t in st.timers.iter() {
@@ -552,6 +576,7 @@ impl LoopCore {
                     st.fds.take_all(),
                     st.task_factory.take(),
                     st.current_handle.take(),
+                    std::mem::take(&mut st.handle_pool),
                 )
             };
             drop(released);

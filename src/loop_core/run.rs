@@ -7,10 +7,11 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 use super::handles::Handle;
-use super::LoopCore;
+use super::{LoopCore, HANDLE_POOL_MAX};
 use crate::clock;
 use crate::errors::os_error;
 use crate::poller::{Waited, WAKER_TOKEN};
+use crate::pyapi;
 
 // asyncio caps one poll at a day (base_events.MAXIMUM_SELECT_TIMEOUT).
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
@@ -57,16 +58,32 @@ impl LoopCore {
                 break;
             };
             let handle = handle.into_bound(py);
-            if handle.get().is_cancelled(py) {
-                continue;
+            if !handle.get().is_cancelled(py) {
+                if this.debug(py) {
+                    Self::run_debug(slf, &handle)?;
+                } else {
+                    Handle::run(&handle)?;
+                }
             }
-            if this.debug(py) {
-                Self::run_debug(slf, &handle)?;
-            } else {
-                Handle::run(&handle)?;
-            }
+            Self::recycle(this, handle);
         }
         Ok(())
+    }
+
+    /// Keeps a spent plain handle that nobody else references for the next `call_soon`.
+    #[inline]
+    fn recycle(this: &LoopCore, handle: Bound<'_, Handle>) {
+        let py = handle.py();
+        if pyapi::refcnt(handle.as_any()) != 1
+            || !handle.is_exact_instance_of::<Handle>()
+            || pyapi::may_have_weakrefs(handle.as_any())
+            || this.st.borrow(py).handle_pool.len() >= HANDLE_POOL_MAX
+        {
+            return;
+        }
+        // Released before the handle is pooled: finalizers may run here.
+        drop(handle.get().take_state(py));
+        this.st.borrow_mut(py).handle_pool.push(handle.unbind());
     }
 
     /// Polls the OS and queues the callbacks of ready fds. The GIL is released only for a
