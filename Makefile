@@ -36,9 +36,9 @@ bench: dev
 lint: dev
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
-	$(VENV)/bin/python -m pip install -q mypy ruff
+	$(VENV)/bin/python -m pip install -q mypy ruff typing_extensions
 	$(VENV)/bin/ruff check python tests examples benchmarks
-	$(VENV)/bin/python -m mypy.stubtest ferroloop --allowlist tests/stubtest-allowlist.txt
+	$(VENV)/bin/python -m mypy.stubtest ferroloop
 
 clean:
 	rm -rf target .venvs

@@ -3,12 +3,17 @@
 import asyncio
 import contextvars
 from collections.abc import Callable, Coroutine, Generator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, final
+
+from typing_extensions import disjoint_base
 
 from _typeshed import FileDescriptorLike
 
+__all__ = ["Handle", "LoopCore", "TimerHandle"]
+
 _T = TypeVar("_T")
 
+@disjoint_base
 class Handle:
     """A callback scheduled by call_soon, add_reader, …: asyncio.Handle's API."""
 
@@ -16,15 +21,17 @@ class Handle:
     def cancelled(self) -> bool: ...
     def get_context(self) -> contextvars.Context: ...
 
+@final
 class TimerHandle(Handle):
     """A callback scheduled for a time by call_at/call_later."""
 
     def when(self) -> float: ...
 
+@disjoint_base
 class LoopCore:
     """The native half of ferroloop.Loop: scheduling, timers, fd watchers, tasks."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> LoopCore: ...
     def time(self) -> float: ...
     def call_soon(
         self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
@@ -81,7 +88,7 @@ class LoopCore:
     def _timer_count(self) -> int: ...
     @property
     def _poller_fd(self) -> int: ...
-    def _timer_handle_cancelled(self, handle: TimerHandle) -> None: ...
+    def _timer_handle_cancelled(self, _handle: TimerHandle) -> None: ...
     def _write_to_self(self) -> None: ...
     def _run_forever_core(self) -> None: ...
     def _run_once(self) -> None: ...

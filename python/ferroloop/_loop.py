@@ -19,62 +19,8 @@ from typing import Any, NoReturn
 
 from . import _core
 
-_Base = base_events.BaseEventLoop
-
-# asyncio's own implementations of the loop's cold paths, taken per interpreter version.
-_BORROWED = (
-    "__repr__",
-    "run_until_complete",
-    "shutdown_asyncgens",
-    "_asyncgen_firstiter_hook",
-    "_asyncgen_finalizer_hook",
-    "run_in_executor",
-    "set_default_executor",
-    "shutdown_default_executor",
-    "_do_shutdown",
-    "_check_default_executor",
-    "default_exception_handler",
-    "call_exception_handler",
-    "set_exception_handler",
-    "get_exception_handler",
-    "_check_closed",
-    "_check_running",
-    "_check_callback",
-    "_check_thread",
-    "_set_coroutine_origin_tracking",
-    "set_debug",
-    "getaddrinfo",
-    "getnameinfo",
-    "_getaddrinfo_debug",
-)
-
-# Methods of later milestones: they exist, and say plainly that they are not built yet.
-_NOT_IMPLEMENTED = (
-    "create_connection",
-    "create_server",
-    "create_unix_connection",
-    "create_unix_server",
-    "create_datagram_endpoint",
-    "connect_accepted_socket",
-    "sendfile",
-    "sock_sendfile",
-    "start_tls",
-    "sock_recv",
-    "sock_recv_into",
-    "sock_recvfrom",
-    "sock_recvfrom_into",
-    "sock_sendall",
-    "sock_sendto",
-    "sock_connect",
-    "sock_accept",
-    "connect_read_pipe",
-    "connect_write_pipe",
-    "subprocess_shell",
-    "subprocess_exec",
-    "add_signal_handler",
-    "remove_signal_handler",
-)
-
+# Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
+_Base: Any = base_events.BaseEventLoop
 
 def _not_implemented(name: str) -> Any:
     def method(self: Loop, *args: Any, **kwargs: Any) -> NoReturn:
@@ -84,8 +30,60 @@ def _not_implemented(name: str) -> Any:
     return method
 
 
-class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
+class Loop(_core.LoopCore, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """A ferroloop event loop: `asyncio.AbstractEventLoop` on a Rust core."""
+
+    # asyncio's own implementations of the cold paths, so that each interpreter version
+    # gets exactly its own semantics (they only use the attributes set in __init__ and
+    # the private accessors the Rust core provides).
+    __repr__ = _Base.__repr__
+    run_until_complete = _Base.run_until_complete
+    shutdown_asyncgens = _Base.shutdown_asyncgens
+    _asyncgen_firstiter_hook = _Base._asyncgen_firstiter_hook
+    _asyncgen_finalizer_hook = _Base._asyncgen_finalizer_hook
+    run_in_executor = _Base.run_in_executor
+    set_default_executor = _Base.set_default_executor
+    shutdown_default_executor = _Base.shutdown_default_executor
+    _do_shutdown = _Base._do_shutdown
+    _check_default_executor = _Base._check_default_executor
+    default_exception_handler = _Base.default_exception_handler
+    call_exception_handler = _Base.call_exception_handler
+    set_exception_handler = _Base.set_exception_handler
+    get_exception_handler = _Base.get_exception_handler
+    _check_closed = _Base._check_closed
+    _check_running = _Base._check_running
+    _check_callback = _Base._check_callback
+    _check_thread = _Base._check_thread
+    _set_coroutine_origin_tracking = _Base._set_coroutine_origin_tracking
+    set_debug = _Base.set_debug
+    getaddrinfo = _Base.getaddrinfo
+    getnameinfo = _Base.getnameinfo
+    _getaddrinfo_debug = _Base._getaddrinfo_debug
+
+    # Methods of later milestones: they exist, and say plainly that they are not built yet.
+    create_connection = _not_implemented("create_connection")
+    create_server = _not_implemented("create_server")
+    create_unix_connection = _not_implemented("create_unix_connection")
+    create_unix_server = _not_implemented("create_unix_server")
+    create_datagram_endpoint = _not_implemented("create_datagram_endpoint")
+    connect_accepted_socket = _not_implemented("connect_accepted_socket")
+    sendfile = _not_implemented("sendfile")
+    sock_sendfile = _not_implemented("sock_sendfile")
+    start_tls = _not_implemented("start_tls")
+    sock_recv = _not_implemented("sock_recv")
+    sock_recv_into = _not_implemented("sock_recv_into")
+    sock_recvfrom = _not_implemented("sock_recvfrom")
+    sock_recvfrom_into = _not_implemented("sock_recvfrom_into")
+    sock_sendall = _not_implemented("sock_sendall")
+    sock_sendto = _not_implemented("sock_sendto")
+    sock_connect = _not_implemented("sock_connect")
+    sock_accept = _not_implemented("sock_accept")
+    connect_read_pipe = _not_implemented("connect_read_pipe")
+    connect_write_pipe = _not_implemented("connect_write_pipe")
+    subprocess_shell = _not_implemented("subprocess_shell")
+    subprocess_exec = _not_implemented("subprocess_exec")
+    add_signal_handler = _not_implemented("add_signal_handler")
+    remove_signal_handler = _not_implemented("remove_signal_handler")
 
     def __init__(self) -> None:
         self._exception_handler = None
@@ -96,7 +94,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.slow_callback_duration = 0.1
-        self.set_debug(coroutines._is_debug_mode())
+        self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
     def run_forever(self) -> None:
         """Run the event loop until stop() is called."""
@@ -141,9 +139,3 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):
                 self.close()
 
 
-for _name in _BORROWED:
-    if _name in _Base.__dict__:
-        setattr(Loop, _name, _Base.__dict__[_name])
-for _name in _NOT_IMPLEMENTED:
-    setattr(Loop, _name, _not_implemented(_name))
-del _name
