@@ -1,0 +1,962 @@
+#!/usr/bin/env python3
+"""Run CPython's own `test.test_asyncio` modules against ferroloop.
+
+Each module runs twice, in separate subprocesses of this interpreter: once on the stock
+loop (the oracle) and once with ferroloop swapped in. A test that passes on the stock loop
+but not on ferroloop is a *regression*. The report is a table per module (stock passes,
+ferroloop passes, regressions), the regressions with their errors, and a last line of the
+plain form ``N passed, M failed`` (passed: ferroloop passes among the stock passes;
+failed: regressions not listed in ``expected_failures.txt``, plus one per module run the
+harness could not finish, e.g. cut by ``--total-timeout``). Nothing is printed after it.
+
+Usage (from the repository root, with the venv's interpreter)::
+
+    .venvs/3.11/bin/python tests/conformance/run.py --ci           # CI gate, exit 1 on regressions
+    .venvs/3.11/bin/python tests/conformance/run.py --all -j 2     # every test_asyncio module
+    .venvs/3.11/bin/python tests/conformance/run.py --modules test_events,test_streams -v
+
+Without ``--modules``/``--all`` the CI module set runs as a report (exit 0 whatever the
+result); ``--ci`` is the same set with a strict exit status.
+
+How ferroloop is swapped in (the ferroloop worker only; the stock worker patches nothing)
+------------------------------------------------------------------------------------------
+* **The policy.** ``asyncio.new_event_loop()``, ``asyncio.run()``, ``asyncio.Runner()``
+  (without ``loop_factory``), ``asyncio.get_event_loop()`` and
+  ``unittest.IsolatedAsyncioTestCase`` all get their loop from the event-loop policy, so
+  the worker sets ``ferroloop.EventLoopPolicy()`` before importing the test module. Most
+  modules call ``asyncio.set_event_loop_policy(None)`` in ``tearDown``/``tearDownModule``;
+  asyncio then re-creates the policy lazily with ``from . import DefaultEventLoopPolicy``
+  (``events._init_event_loop_policy``), so ``asyncio.DefaultEventLoopPolicy`` (and
+  ``asyncio.unix_events.DefaultEventLoopPolicy``) are rebound to ``ferroloop.EventLoopPolicy``
+  too. The worker checks that ``asyncio.new_event_loop()`` really returns a
+  ``ferroloop.Loop`` before any test runs. ``asyncio.EventLoop`` (3.13+) is left alone: it
+  names the stock platform class, and the only test that uses it
+  (test_runners ``test_loop_factory_default_event_loop``) asserts just that.
+* **Mixin loop factories.** test_events-style modules run one mixin of tests against
+  several loops, each concrete class naming its loop in a hook: ``create_event_loop()``
+  (test_events, test_sendfile, test_sock_lowlevel) or ``new_loop()`` (test_server,
+  test_buffered_proto, test_sslproto). The worker overrides such a hook with one that
+  returns ``ferroloop.new_event_loop()`` when the hook's source builds a stock
+  ``SelectorEventLoop(...)``. The override is set *in place on the concrete test class*
+  (not via a generated subclass), so test ids are identical in both runs and can be
+  compared. We deliberately do **not** rebind ``asyncio.SelectorEventLoop`` itself:
+  test_base_events, test_selector_events and test_unix_events construct or subclass it
+  (at import time, with mock selectors) precisely to test its internals (``_selector``,
+  ``_ready``, ``_process_events``...), which ferroloop does not have and need not have.
+  Hooks that build something else are left alone, e.g. test_runners' ``new_loop()``, which
+  returns a mocked ``BaseEventLoop``, and ``new_loop()`` in functional.py/test_ssl, which
+  calls ``asyncio.new_event_loop()`` and so gets ferroloop through the policy anyway.
+  Consequence: the Epoll/Poll/Select variants of a mixin all run the same ferroloop test,
+  so a ferroloop bug there shows once per variant.
+* **What never touches ferroloop.** Tests built on ``test_utils.TestCase.new_test_loop()``
+  run on ``test_utils.TestLoop``, a stock ``BaseEventLoop`` with virtual time (a large part
+  of test_tasks and test_futures), and tests that construct ``asyncio.BaseEventLoop`` or
+  ``SelectorEventLoop`` directly stay on them. They pass in both runs without saying
+  anything about ferroloop. The report therefore has an ``on-ferro`` column: how many of
+  the stock-passing tests created at least one ferroloop loop while they ran (counted by
+  wrapping ``ferroloop.Loop.__init__`` in the ferroloop worker; on 3.10, whose
+  IsolatedAsyncioTestCase makes its loop just before the test starts, that loop counts).
+
+Timeouts, crashes and retries
+-----------------------------
+Workers write one JSON line per event (test started, test finished) as they go, to a file
+the parent reads. Every test (and the fixtures between tests) runs under a
+``faulthandler.dump_traceback_later(timeout, exit=True)`` watchdog: a test that makes no
+progress for ``--timeout`` seconds gets every thread's traceback dumped and the worker
+killed from faulthandler's own C thread (this works even if the hang holds the GIL). The
+parent then records that test as ``timeout`` (or ``crash`` if the worker died of a signal,
+e.g. a segfault in the extension), and starts a new worker for the same module that skips
+every test already recorded. So one hang costs one test, not the module. Each module's
+run also has an overall ``--module-timeout``, and the whole run a ``--total-timeout``
+(480s with ``--ci``, so a broken build fails CI in minutes); past them the worker's
+process group is killed and the run reports a harness error. Ctrl-C/SIGTERM kill the
+workers too. The CI set takes about 30s with ``-j 2``; ``--all`` about 75s.
+
+Regressions are re-run once (``--retries``), alone in a fresh worker, on ferroloop; a test
+that passes then is reported as *flaky* and counted as passed (the CPython suite has
+timing-sensitive tests, and the two runs of a module share the machine).
+
+Expected failures
+-----------------
+``expected_failures.txt`` next to this file: one test id per line (``test_tasks.Class.test``
+or the full ``test.test_asyncio.`` form), then ``# one-line reason``. Only tests of the
+stock loop's private internals belong there. Listed regressions don't fail ``--ci``;
+listed tests that now pass are reported as stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import importlib.util
+import json
+import os
+import pkgutil
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+EXPECTED_FILE = HERE / "expected_failures.txt"
+PREFIX = "test.test_asyncio."
+
+CI_MODULES = (
+    "test_tasks",
+    "test_futures",
+    "test_futures2",
+    "test_locks",
+    "test_queues",
+    "test_taskgroups",
+    "test_timeouts",
+    "test_waitfor",
+    "test_pep492",
+    "test_context",
+    "test_runners",
+    "test_threads",
+)
+
+STOCK, FERRO = "stock", "ferroloop"
+LOOPS = (STOCK, FERRO)
+
+# Outcomes a worker records, from best to worst; a test's outcome is the worst it got
+# (subtests, errors in tearDown after a failure...).
+PASSING = ("pass", "xfail")
+SEVERITY = {"pass": 0, "xfail": 0, "skip": 1, "xpass": 2, "fail": 3, "error": 4}
+
+# A worker's exit status after a KeyboardInterrupt/SystemExit escaped a test (recorded).
+ESCAPED = 3
+
+# Loop-factory hooks of mixin test classes (see the module docstring).
+LOOP_HOOKS = ("create_event_loop", "new_loop")
+
+
+def short_id(test_id: str) -> str:
+    return test_id.removeprefix(PREFIX)
+
+
+# ---------------------------------------------------------------------------------------
+# Worker: runs one test module in this process and streams results as JSON lines.
+# ---------------------------------------------------------------------------------------
+
+
+class _Sink:
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def emit(self, **event: Any) -> None:
+        self._f.write(json.dumps(event) + "\n")
+        self._f.flush()
+
+
+def _install_ferroloop() -> list[int]:
+    """Swap ferroloop in (see the module docstring); returns the loop-creation counter."""
+    import asyncio
+    import asyncio.unix_events
+    import warnings
+
+    import ferroloop
+    from ferroloop import _loop
+
+    created = [0]
+    original_init = _loop.Loop.__init__
+
+    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
+        created[0] += 1
+        original_init(self, *args, **kwargs)
+
+    _loop.Loop.__init__ = counting_init  # type: ignore[method-assign]
+
+    asyncio.DefaultEventLoopPolicy = ferroloop.EventLoopPolicy
+    asyncio.unix_events.DefaultEventLoopPolicy = ferroloop.EventLoopPolicy
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+        probe = asyncio.new_event_loop()
+    try:
+        if not isinstance(probe, ferroloop.Loop):
+            raise SystemExit(f"conformance: swap failed, new_event_loop() gave {probe!r}")
+    finally:
+        probe.close()
+    created[0] = 0
+    return created
+
+
+def _ferroloop_hook(self: Any) -> Any:
+    import ferroloop
+
+    return ferroloop.new_event_loop()
+
+
+def _patch_loop_hooks(tests: Iterable[Any]) -> list[str]:
+    """Point mixin loop hooks that build a stock SelectorEventLoop at ferroloop."""
+    import inspect
+
+    patched = []
+    seen: set[type] = set()
+    for test in tests:
+        cls = type(test)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        for hook in LOOP_HOOKS:
+            fn = getattr(cls, hook, None)
+            if fn is None or not callable(fn):
+                continue
+            try:
+                source = inspect.getsource(fn)
+            except (OSError, TypeError):
+                continue
+            if "SelectorEventLoop(" in source:
+                setattr(cls, hook, _ferroloop_hook)
+                patched.append(f"{cls.__qualname__}.{hook}")
+    return patched
+
+
+def _iter_tests(suite: Any) -> Iterator[Any]:
+    import unittest
+
+    for item in suite:
+        if isinstance(item, unittest.TestSuite):
+            yield from _iter_tests(item)
+        else:
+            yield item
+
+
+def _make_result_class() -> type:
+    import unittest
+
+    class RecordingResult(unittest.TestResult):
+        """Records each test's worst outcome and streams start/end events."""
+
+        def __init__(self, sink: _Sink, timeout: float, created: list[int]) -> None:
+            super().__init__()
+            self.sink = sink
+            self.timeout = timeout
+            self.created = created
+            self.current: dict[str, Any] | None = None
+            self.current_test: Any = None
+            self.last: dict[str, Any] | None = None  # the last test that ended
+
+        def arm(self) -> None:
+            import faulthandler
+
+            faulthandler.dump_traceback_later(self.timeout, exit=True)
+
+        def startTest(self, test: Any) -> None:
+            super().startTest(test)
+            self.arm()
+            self.current_test = test
+            # 3.10's IsolatedAsyncioTestCase makes its loop before startTest().
+            made_before = getattr(test, "_asyncioTestLoop", None) is not None and (
+                type(test._asyncioTestLoop).__module__.startswith("ferroloop"))
+            self.current = {
+                "id": test.id(),
+                "outcome": "pass",
+                "detail": None,
+                "t0": time.monotonic(),
+                "created0": self.created[0] - (1 if made_before else 0),
+            }
+            self.sink.emit(event="start", id=test.id())
+
+        def stopTest(self, test: Any) -> None:
+            cur = self.current
+            if cur is not None:
+                self.sink.emit(
+                    event="end",
+                    id=cur["id"],
+                    outcome=cur["outcome"],
+                    detail=cur["detail"],
+                    duration=round(time.monotonic() - cur["t0"], 3),
+                    ferro=self.created[0] > cur["created0"],
+                )
+            self.last = cur
+            self.current = None
+            self.current_test = None
+            self.arm()
+            super().stopTest(test)
+
+        def _record(self, test: Any, outcome: str, detail: str | None) -> None:
+            owner = getattr(test, "test_case", test)  # a _SubTest belongs to its test
+            cur = self.current
+            if cur is None or owner is not self.current_test:
+                # setUpClass/tearDownModule... errors (unittest's _ErrorHolder).
+                if outcome not in PASSING:
+                    self.sink.emit(event="fixture", id=str(test.id()), outcome=outcome,
+                                   detail=detail)
+                return
+            if owner is not test and outcome == "skip":
+                return  # a skipped subtest does not make the whole test skipped
+            if SEVERITY[outcome] >= SEVERITY[cur["outcome"]]:
+                cur["outcome"] = outcome
+            if detail and outcome not in PASSING:
+                prefix = f"[{test.id()}] " if owner is not test else ""
+                cur["detail"] = ((cur["detail"] + "\n") if cur["detail"] else "") + prefix + detail
+
+        def _format(self, err: Any, test: Any) -> str:
+            # unittest's own formatting, which drops unittest's frames.
+            return str(self._exc_info_to_string(err, test))  # type: ignore[attr-defined]
+
+        def addSuccess(self, test: Any) -> None:
+            super().addSuccess(test)
+            self._record(test, "pass", None)
+
+        def addError(self, test: Any, err: Any) -> None:
+            super().addError(test, err)
+            self._record(test, "error", self._format(err, test))
+
+        def addFailure(self, test: Any, err: Any) -> None:
+            super().addFailure(test, err)
+            self._record(test, "fail", self._format(err, test))
+
+        def addSkip(self, test: Any, reason: str) -> None:
+            super().addSkip(test, reason)
+            self._record(test, "skip", reason)
+
+        def addExpectedFailure(self, test: Any, err: Any) -> None:
+            super().addExpectedFailure(test, err)
+            self._record(test, "xfail", None)
+
+        def addUnexpectedSuccess(self, test: Any) -> None:
+            super().addUnexpectedSuccess(test)
+            self._record(test, "xpass", "unexpected success")
+
+        def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:
+            super().addSubTest(test, subtest, err)
+            if err is not None:
+                outcome = "fail" if issubclass(err[0], test.failureException) else "error"
+                self._record(subtest, outcome, self._format(err, test))
+
+    return RecordingResult
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    import faulthandler
+    import warnings
+
+    faulthandler.enable()
+    if not sys.warnoptions:
+        warnings.simplefilter("default")  # as unittest.main() does
+    with open(args.out, "a", buffering=1, encoding="utf-8") as f:
+        _worker_run(args, _Sink(f))
+
+
+def _worker_run(args: argparse.Namespace, sink: _Sink) -> None:
+    import faulthandler
+    import unittest
+
+    created = _install_ferroloop() if args.loop == FERRO else [0]
+
+    skip: set[str] = set()
+    only: set[str] | None = None
+    if args.skip_file:
+        skip = set(Path(args.skip_file).read_text().split())
+    if args.only_file:
+        only = set(Path(args.only_file).read_text().split())
+
+    # Loading imports the module; the watchdog covers it too.
+    faulthandler.dump_traceback_later(args.timeout, exit=True)
+    try:
+        suite = unittest.defaultTestLoader.loadTestsFromName(PREFIX + args.module)
+    except unittest.SkipTest as exc:  # e.g. test_windows_events: "Windows only"
+        sink.emit(event="module_skipped", reason=str(exc))
+        sink.emit(event="done")
+        sys.stdout.flush()
+        os._exit(0)
+    tests = list(_iter_tests(suite))
+    if args.loop == FERRO:
+        patched = _patch_loop_hooks(tests)
+        if patched:
+            sink.emit(event="note", text="ferroloop hooks: " + ", ".join(patched))
+    sink.emit(event="tests", ids=[t.id() for t in tests])
+    tests = [t for t in tests if t.id() not in skip and (only is None or t.id() in only)]
+
+    result = _make_result_class()(sink, args.timeout, created)
+    try:
+        unittest.TestSuite(tests).run(result)
+    except (KeyboardInterrupt, SystemExit) as exc:  # what unittest lets out of a test
+        # unittest lets KeyboardInterrupt out of a test, after stopTest() has recorded it
+        # as passed; record it (again, the parent keeps the last record) as an error.
+        cur = result.current or result.last
+        if cur is not None:
+            sink.emit(
+                event="end",
+                id=cur["id"],
+                outcome="error",
+                summary=f"{type(exc).__name__} escaped the test",
+                detail="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+                duration=round(time.monotonic() - cur["t0"], 3),
+                ferro=created[0] > cur["created0"],
+            )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(ESCAPED)
+    faulthandler.cancel_dump_traceback_later()
+    sink.emit(event="done")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter shutdown: a test that leaks a non-daemon thread must not hang us.
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------
+# Parent: schedules workers, resumes after hangs/crashes, compares, reports.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModuleRun:
+    module: str
+    loop: str
+    ids: list[str] = field(default_factory=list)  # every test the module has, in order
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fixtures: dict[str, dict[str, Any]] = field(default_factory=dict)
+    harness_errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    workers: int = 0
+    seconds: float = 0.0
+    skipped_reason: str | None = None  # the whole module raised SkipTest
+
+    def passed(self) -> set[str]:
+        return {i for i, r in self.results.items() if r["outcome"] in PASSING}
+
+    def outcome(self, test_id: str) -> str:
+        r = self.results.get(test_id)
+        return r["outcome"] if r else "missing"
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# Workers alive now, killed (with their process groups) if the run is interrupted.
+_LIVE: set[subprocess.Popen[bytes]] = set()
+_LIVE_LOCK = threading.Lock()
+_STOP = threading.Event()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _in_pool(jobs: int, fn: Any, arglist: list[tuple[Any, ...]]) -> Iterator[tuple[Any, Any]]:
+    """Yields (args, fn(*args)) as they finish, `jobs` at a time. On an exception here
+    (Ctrl-C, SIGTERM) no new worker starts and the running ones are killed."""
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futs = {pool.submit(fn, *args): args for args in arglist}
+        for fut in concurrent.futures.as_completed(futs):
+            yield futs[fut], fut.result()
+    except BaseException:
+        _STOP.set()
+        with _LIVE_LOCK:
+            for proc in list(_LIVE):
+                _kill(proc)
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def run_module(module: str, loop: str, opts: argparse.Namespace, workdir: Path,
+               only: set[str] | None = None, tag: str = "") -> ModuleRun:
+    """Runs one module on one loop, in as many workers as hangs and crashes need."""
+    run = ModuleRun(module, loop)
+    jobdir = workdir / f"{module}.{loop}{tag}"
+    jobdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    deadline = t_start + opts.module_timeout
+    limit = f"module timeout ({opts.module_timeout:g}s)"
+    if opts.deadline is not None and opts.deadline < deadline:
+        deadline, limit = opts.deadline, f"total timeout ({opts.total_timeout:g}s)"
+    max_workers = opts.max_restarts + 1
+    known: set[str] = set()
+    while run.workers < max_workers:
+        n = run.workers
+        run.workers += 1
+        out = jobdir / f"events.{n}.jsonl"
+        log = jobdir / f"log.{n}.txt"
+        skip_file = jobdir / f"skip.{n}.txt"
+        skip_file.write_text("\n".join(sorted(run.results)))
+        cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--worker",
+               "--loop", loop, "--module", module, "--out", str(out),
+               "--timeout", str(opts.timeout), "--skip-file", str(skip_file)]
+        if only is not None:
+            only_file = jobdir / "only.txt"
+            only_file.write_text("\n".join(sorted(only)))
+            cmd += ["--only-file", str(only_file)]
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            run.harness_errors.append(f"{limit} reached")
+            break
+        if _STOP.is_set():
+            run.harness_errors.append("interrupted")
+            break
+        env = dict(os.environ)
+        env.pop("PYTHONASYNCIODEBUG", None)  # both runs in the same mode
+        if opts.asyncio_debug:
+            env["PYTHONASYNCIODEBUG"] = "1"
+        rc: int | None
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=jobdir,
+                                    env=env, start_new_session=True)
+            with _LIVE_LOCK:
+                _LIVE.add(proc)
+            try:
+                rc = proc.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                _kill(proc)
+                proc.wait()
+                rc = None
+            finally:
+                with _LIVE_LOCK:
+                    _LIVE.discard(proc)
+        # Read what the worker managed to record.
+        done = False
+        in_progress: str | None = None
+        new_results = 0
+        try:
+            lines = out.read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            kind = ev.get("event")
+            if kind == "tests":
+                for i in ev["ids"]:
+                    if i not in known:
+                        known.add(i)
+                        run.ids.append(i)
+            elif kind == "start":
+                in_progress = ev["id"]
+            elif kind == "end":
+                run.results[ev["id"]] = ev
+                new_results += 1
+                in_progress = None
+            elif kind == "fixture":
+                run.fixtures.setdefault(ev["id"], ev)
+            elif kind == "note":
+                if ev["text"] not in run.notes:
+                    run.notes.append(ev["text"])
+            elif kind == "module_skipped":
+                run.skipped_reason = ev["reason"]
+            elif kind == "done":
+                done = True
+        if done:
+            break
+        tail = _tail(log)
+        if in_progress is None and rc is not None and rc != ESCAPED:
+            # The worker died between tests (a class/module fixture, or before the first
+            # test started): blame the next test it would have run, so the next worker
+            # makes progress.
+            in_progress = next((i for i in run.ids if i not in run.results
+                                and (only is None or i in only)), None)
+            if in_progress is not None:
+                tail = "(died outside a test, before this one started)\n" + tail
+        if in_progress is not None:
+            if rc is None:
+                outcome, what = "timeout", f"{limit} hit here"
+            elif re.search(r"^Timeout \(\d+:\d\d:\d\d(\.\d+)?\)!$", tail, re.MULTILINE):
+                outcome, what = "timeout", f"no progress for {opts.timeout}s"
+            elif rc < 0:
+                outcome, what = "crash", f"worker killed by signal {-rc}"
+            else:
+                outcome, what = "crash", f"worker exited with status {rc}"
+            run.results[in_progress] = {
+                "event": "end", "id": in_progress, "outcome": outcome, "summary": what,
+                "detail": f"{what}; worker output tail:\n{tail}", "duration": None,
+                "ferro": None,
+            }
+            new_results += 1
+        if rc is None:
+            run.harness_errors.append(f"{limit} reached")
+            break
+        if new_results == 0:
+            run.harness_errors.append(
+                f"worker exited with status {rc} without running a test; output tail:\n{tail}")
+            break
+    else:
+        run.harness_errors.append(f"gave up after {max_workers} workers")
+    run.seconds = time.monotonic() - t_start
+    return run
+
+
+def available_modules() -> list[str]:
+    spec = importlib.util.find_spec("test.test_asyncio")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)
+                  if m.name.startswith("test_"))
+
+
+def module_weight(module: str) -> int:
+    spec = importlib.util.find_spec(PREFIX + module)
+    try:
+        return os.path.getsize(spec.origin) if spec and spec.origin else 0
+    except OSError:
+        return 0
+
+
+def load_expected(path: Path) -> dict[str, str]:
+    expected: dict[str, str] = {}
+    if not path.exists():
+        return expected
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        test_id, _, reason = line.partition("#")
+        test_id, reason = test_id.strip(), reason.strip()
+        if not reason or " " in test_id:
+            raise SystemExit(f"{path}:{n}: expected `test id  # one-line reason`, got {raw!r}")
+        expected[short_id(test_id)] = reason
+    return expected
+
+
+def first_line_of_error(detail: str | None) -> str:
+    if not detail:
+        return ""
+    lines = [ln for ln in detail.strip().splitlines() if ln.strip()]
+    # The exception line is the last non-indented line of a traceback.
+    for ln in reversed(lines):
+        if not ln.startswith((" ", "\t")):
+            return ln.strip()[:300]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+@dataclass
+class Comparison:
+    module: str
+    stock: ModuleRun
+    ferro: ModuleRun
+    regressions: list[str] = field(default_factory=list)  # full test ids, in test order
+    flaky: list[str] = field(default_factory=list)
+    passed: int = 0
+    exercised: int = 0
+
+
+def compare(stock: ModuleRun, ferro: ModuleRun) -> Comparison:
+    comp = Comparison(stock.module, stock, ferro)
+    stock_passed = stock.passed()
+    ferro_passed = ferro.passed()
+    in_stock = set(stock.ids)
+    order = stock.ids + [i for i in ferro.ids if i not in in_stock]
+    for test_id in order:
+        if test_id not in stock_passed:
+            continue
+        if test_id in ferro_passed:
+            comp.passed += 1
+            if ferro.results[test_id].get("ferro"):
+                comp.exercised += 1
+        else:
+            comp.regressions.append(test_id)
+    # A fixture (setUpClass, tearDownModule...) that fails only on ferroloop.
+    for fid in ferro.fixtures:
+        if fid not in stock.fixtures:
+            comp.regressions.append(fid)
+    return comp
+
+
+def print_table(comps: list[Comparison], expected: dict[str, str]) -> None:
+    header = ("module", "tests", "stock", "ferroloop", "on-ferro", "regress", "expected",
+              "flaky", "time")
+    rows = []
+    tot = [0] * 7
+    for c in comps:
+        n_exp = sum(1 for r in c.regressions if short_id(r) in expected)
+        vals = [len(c.stock.ids), len(c.stock.passed()), len(c.ferro.passed()), c.exercised,
+                len(c.regressions), n_exp, len(c.flaky)]
+        tot = [a + b for a, b in zip(tot, vals)]
+        secs = f"{c.stock.seconds:.0f}s/{c.ferro.seconds:.0f}s"
+        rows.append([c.module] + [str(v) for v in vals] + [secs])
+    rows.append(["total"] + [str(v) for v in tot] + [""])
+    widths = [max(len(r[i]) for r in rows + [list(header)]) for i in range(len(header))]
+
+    def fmt(r: list[str] | tuple[str, ...]) -> str:
+        return "  ".join(r[0].ljust(widths[0]) if i == 0 else r[i].rjust(widths[i])
+                         for i in range(len(r))).rstrip()
+
+    print(fmt(header))
+    print(fmt(["-" * w for w in widths]))
+    for r in rows[:-1]:
+        print(fmt(r))
+    print(fmt(["-" * w for w in widths]))
+    print(fmt(rows[-1]))
+    print("(tests: tests in the module; stock/ferroloop: tests passed on each loop; on-ferro: "
+          "stock-passing tests that created a ferroloop loop while passing on it; "
+          "regress: stock passes that did not pass on ferroloop, after retries; "
+          "time: stock/ferroloop wall time)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description="Run CPython's test.test_asyncio modules on the stock loop and on "
+                    "ferroloop and report the regressions.")
+    sel = ap.add_mutually_exclusive_group()
+    sel.add_argument("--ci", action="store_true",
+                     help="the CI module set; exit 1 on any regression not listed in "
+                          "expected_failures.txt")
+    sel.add_argument("--modules", help="comma-separated test_asyncio modules (report only)")
+    sel.add_argument("--all", action="store_true", help="every test_asyncio module (report only)")
+    ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2,
+                    help="worker processes at a time (default: CPU count)")
+    ap.add_argument("--timeout", type=float, default=30.0,
+                    help="seconds a test may run without progress (default 30; the slowest "
+                         "test_asyncio test takes ~2.5s)")
+    ap.add_argument("--module-timeout", type=float, default=900.0,
+                    help="seconds one module may take on one loop, restarts included (default 900)")
+    ap.add_argument("--total-timeout", type=float, default=None,
+                    help="seconds for the whole run, workers are killed after that "
+                         "(default: 480 with --ci, else none)")
+    ap.add_argument("--max-restarts", type=int, default=25,
+                    help="new workers per module after hangs/crashes (default 25)")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="re-runs of each regression alone on ferroloop (default 1)")
+    ap.add_argument("--expected", type=Path, default=EXPECTED_FILE,
+                    help="expected failures file (default: expected_failures.txt here)")
+    ap.add_argument("--asyncio-debug", action="store_true",
+                    help="run both loops with PYTHONASYNCIODEBUG=1 (not CPython's default)")
+    ap.add_argument("--json", type=Path, help="write every outcome and error to this file")
+    ap.add_argument("--keep-logs", type=Path, help="keep worker logs in this directory")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="print each regression's full error, not just its last line")
+    # Worker mode (internal).
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--loop", choices=LOOPS, help=argparse.SUPPRESS)
+    ap.add_argument("--module", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--skip-file", help=argparse.SUPPRESS)
+    ap.add_argument("--only-file", help=argparse.SUPPRESS)
+    opts = ap.parse_args(argv)
+
+    if opts.worker:
+        worker_main(opts)
+        return 0
+
+    available = available_modules()
+    if not available:
+        print("conformance: this interpreter has no test.test_asyncio package", file=sys.stderr)
+        print("0 passed, 1 failed")
+        return 2
+    if opts.all:
+        modules = available
+    elif opts.modules:
+        modules = [m.strip() for m in opts.modules.split(",") if m.strip()]
+        modules = [m if m.startswith("test_") else "test_" + m for m in modules]
+        unknown = [m for m in modules if m not in available]
+        if unknown:
+            ap.error(f"no such test_asyncio module(s) on this Python: {', '.join(unknown)}")
+    else:
+        modules = list(CI_MODULES)
+    absent = [m for m in modules if m not in available]
+    modules = [m for m in modules if m in available]
+    expected = load_expected(opts.expected)
+    strict = opts.ci
+    if opts.total_timeout is None and opts.ci:
+        opts.total_timeout = 480.0
+    opts.deadline = (time.monotonic() + opts.total_timeout) if opts.total_timeout else None
+
+    py = f"CPython {platform.python_version()} ({sys.executable})"
+    print(f"conformance: {len(modules)} test_asyncio module(s) on {py}, -j {opts.jobs}, "
+          f"per-test timeout {opts.timeout:g}s", flush=True)
+    if absent:
+        print(f"  not on this Python, skipped: {', '.join(absent)}", flush=True)
+
+    if opts.keep_logs:
+        workdir = opts.keep_logs.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        cleanup = False
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="ferroloop-conformance-"))
+        cleanup = True
+
+    t0 = time.monotonic()
+    jobs = sorted(((m, loop) for m in modules for loop in LOOPS),
+                  key=lambda j: -module_weight(j[0]))
+    runs: dict[tuple[str, str], ModuleRun] = {}
+    lock = threading.Lock()
+    finished = [0]
+
+    def job(m: str, loop: str) -> ModuleRun:
+        r = run_module(m, loop, opts, workdir)
+        with lock:
+            finished[0] += 1
+            extra = f", {r.workers} workers" if r.workers > 1 else ""
+            errs = ""
+            if r.harness_errors:
+                errs = f", HARNESS ERROR: {r.harness_errors[0].splitlines()[0]}"
+            print(f"  [{finished[0]}/{len(jobs)}] {m} on {loop}: {len(r.passed())}/{len(r.ids)} "
+                  f"passed in {r.seconds:.1f}s{extra}{errs}", flush=True)
+        return r
+
+    def run_all() -> list[Comparison]:
+        for (m, loop), r in _in_pool(opts.jobs, job, jobs):
+            runs[(m, loop)] = r
+        comps = [compare(runs[(m, STOCK)], runs[(m, FERRO)]) for m in modules]
+
+        # Re-run unexpected regressions alone on ferroloop; passing then means flaky.
+        for attempt in range(opts.retries):
+            todo = {c.module: {r for r in c.regressions
+                               if short_id(r) not in expected and r in c.stock.results}
+                    for c in comps}
+            todo = {m: ids for m, ids in todo.items() if ids}
+            if not todo:
+                break
+            print(f"  retrying {sum(len(v) for v in todo.values())} regression(s) on ferroloop",
+                  flush=True)
+            retry_jobs = [(m, FERRO, opts, workdir, ids, f".retry{attempt}")
+                          for m, ids in todo.items()]
+            for args, retry in _in_pool(opts.jobs, run_module, retry_jobs):
+                comp = next(c for c in comps if c.module == args[0])
+                for test_id in retry.passed():
+                    if test_id in comp.regressions:
+                        comp.regressions.remove(test_id)
+                        comp.flaky.append(test_id)
+                        comp.passed += 1
+                        if retry.results[test_id].get("ferro"):
+                            comp.exercised += 1
+        return comps
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        comps = run_all()
+    finally:
+        if cleanup:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    # ------------------------------------------------------------------ report
+    skipped = [c for c in comps if c.stock.skipped_reason and not c.stock.ids]
+    comps = [c for c in comps if c not in skipped]
+    print()
+    print_table(comps, expected)
+    if skipped:
+        print("modules that skip themselves here: " + ", ".join(
+            f"{c.module} ({c.stock.skipped_reason})" for c in skipped))
+
+    harness = [(c.module, loop_run.loop, e) for c in comps
+               for loop_run in (c.stock, c.ferro) for e in loop_run.harness_errors]
+    unexpected: list[tuple[str, str]] = []
+    listed: list[tuple[str, str]] = []
+    for c in comps:
+        for test_id in c.regressions:
+            (listed if short_id(test_id) in expected else unexpected).append((c.module, test_id))
+
+    def describe(c: Comparison, test_id: str) -> tuple[str, str, str]:
+        """(outcome, one-line headline, full detail) of a test's ferroloop run."""
+        rec = c.ferro.results.get(test_id) or c.ferro.fixtures.get(test_id)
+        if rec is None:
+            return "missing", "not run on ferroloop (its class or module fixture failed?)", ""
+        detail = rec.get("detail") or ""
+        return rec["outcome"], rec.get("summary") or first_line_of_error(detail), detail
+
+    by_module = {c.module: c for c in comps}
+    if len(unexpected) > 5:
+        causes: dict[str, int] = {}
+        for module, test_id in unexpected:
+            outcome, headline, _ = describe(by_module[module], test_id)
+            key = re.sub(r"0x[0-9a-fA-F]+", "0x...", f"[{outcome}] {headline}")
+            causes[key] = causes.get(key, 0) + 1
+        print(f"\nregressions by error ({len(causes)} distinct):")
+        for key, n in sorted(causes.items(), key=lambda kv: (-kv[1], kv[0])):
+            print(f"  {n:5d}  {key}")
+    if unexpected:
+        print(f"\nregressions ({len(unexpected)}): pass on the stock loop, not on ferroloop")
+        for module, test_id in unexpected:
+            outcome, headline, detail = describe(by_module[module], test_id)
+            print(f"  {short_id(test_id)}  [{outcome}] {headline}")
+            if opts.verbose and detail:
+                for ln in detail.rstrip().splitlines():
+                    print(f"      {ln}")
+    if listed:
+        print(f"\nexpected failures ({len(listed)}), listed in {opts.expected.name}")
+        for module, test_id in listed:
+            outcome, _, _ = describe(by_module[module], test_id)
+            print(f"  {short_id(test_id)}  [{outcome}]  # {expected[short_id(test_id)]}")
+    flaky = [(c.module, t) for c in comps for t in c.flaky]
+    if flaky:
+        print(f"\nflaky ({len(flaky)}): failed on ferroloop, then passed when re-run alone")
+        for module, test_id in flaky:
+            outcome, headline, _ = describe(by_module[module], test_id)
+            print(f"  {short_id(test_id)}  [first run: {outcome}] {headline}")
+    stale = []
+    for c in comps:
+        ferro_passed = {short_id(i) for i in c.ferro.passed()}
+        for test_id in expected:
+            if test_id.split(".", 1)[0] == c.module and test_id in ferro_passed:
+                stale.append(test_id)
+    if stale:
+        print(f"\nlisted in {opts.expected.name} but passing now (remove them):")
+        for test_id in stale:
+            print(f"  {test_id}")
+    if harness:
+        print("\nharness errors:")
+        for module, loop, err in harness:
+            print(f"  {module} on {loop}: {err}")
+    notes = [(c.module, n) for c in comps for n in c.ferro.notes]
+    if notes and opts.verbose:
+        print("\nnotes:")
+        for module, note in notes:
+            print(f"  {module}: {note}")
+
+    if opts.json:
+        report = {
+            "python": platform.python_version(),
+            "modules": {
+                c.module: {
+                    "tests": len(c.stock.ids),
+                    "stock_passed": len(c.stock.passed()),
+                    "ferroloop_passed": len(c.ferro.passed()),
+                    "on_ferro": c.exercised,
+                    "regressions": [short_id(t) for t in c.regressions],
+                    "flaky": [short_id(t) for t in c.flaky],
+                    "harness_errors": c.stock.harness_errors + c.ferro.harness_errors,
+                    "outcomes": {
+                        short_id(i): {"stock": c.stock.outcome(i), "ferroloop": c.ferro.outcome(i)}
+                        for i in c.stock.ids
+                    },
+                    "ferroloop_errors": {
+                        short_id(i): (c.ferro.results.get(i) or c.ferro.fixtures.get(i)
+                                      or {}).get("detail")
+                        for i in c.regressions
+                    },
+                }
+                for c in comps
+            },
+        }
+        opts.json.write_text(json.dumps(report, indent=1))
+
+    n_passed = sum(c.passed for c in comps)
+    n_failed = len(unexpected) + len(harness)  # a module run that could not finish fails too
+    print(f"\nconformance on CPython {platform.python_version()}: {len(modules)} module(s) in "
+          f"{time.monotonic() - t0:.0f}s; {len(listed)} expected failure(s), "
+          f"{len(flaky)} flaky, {len(harness)} harness error(s)")
+    print(f"{n_passed} passed, {n_failed} failed")
+    if strict and n_failed:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
