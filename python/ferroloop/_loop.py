@@ -18,6 +18,7 @@ from asyncio.log import logger
 from typing import Any, NoReturn
 
 from . import _core
+from ._signals import SignalHandlers
 
 # Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
 _Base: Any = base_events.BaseEventLoop
@@ -30,7 +31,7 @@ def _not_implemented(name: str) -> Any:
     return method
 
 
-class Loop(_core.LoopCore, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """A ferroloop event loop: `asyncio.AbstractEventLoop` on a Rust core."""
 
     # asyncio's own implementations of the cold paths, so that each interpreter version
@@ -82,8 +83,6 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):  # type: ignore[misc]
     connect_write_pipe = _not_implemented("connect_write_pipe")
     subprocess_shell = _not_implemented("subprocess_shell")
     subprocess_exec = _not_implemented("subprocess_exec")
-    add_signal_handler = _not_implemented("add_signal_handler")
-    remove_signal_handler = _not_implemented("remove_signal_handler")
 
     def __init__(self) -> None:
         self._exception_handler = None
@@ -94,6 +93,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):  # type: ignore[misc]
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.slow_callback_duration = 0.1
+        self._init_signals()
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
     def run_forever(self) -> None:
@@ -126,6 +126,7 @@ class Loop(_core.LoopCore, asyncio.AbstractEventLoop):  # type: ignore[misc]
         if self._debug:
             logger.debug("Close %r", self)
         self._close_core()
+        self._close_signals()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
