@@ -16,14 +16,14 @@ test: test-main test-others
 
 test-main: dev
 	$(PYTHON) -m pytest -q
-	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py
+	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py
 	$(PYTHON) tests/conformance/run.py --ci
 
 test-others:
 	@for v in $(OTHER_PYS); do \
 		echo "== CPython $$v: tutorial programs and core tests"; \
 		scripts/venv.sh $$v requirements/test.txt || exit 1; \
-		.venvs/$$v/bin/python -m pytest -q tests/test_examples.py tests/test_loop_core.py || exit 1; \
+		.venvs/$$v/bin/python -m pytest -q tests/test_examples.py tests/test_loop_core.py tests/test_signals.py || exit 1; \
 	done
 
 conformance: dev
