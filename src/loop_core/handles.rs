@@ -1,6 +1,8 @@
 //! `Handle` and `TimerHandle`: asyncio's callback handles, with its public API.
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
@@ -63,7 +65,8 @@ pub struct Handle {
 /// A callback scheduled for a time by `call_at`/`call_later`.
 #[pyclass(name = "TimerHandle", module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
-    pub(crate) when: f64,
+    /// The deadline's f64 bits: re-set when a recycled timer is re-armed.
+    when: AtomicU64,
     pub(crate) scheduled: GilCell<bool>,
 }
 
@@ -335,7 +338,7 @@ impl Handle {
         let mut info = Self::repr_info(slf, py)?;
         if let Ok(timer) = slf.cast::<TimerHandle>() {
             let pos = if slf.get().is_cancelled(py) { 2 } else { 1 };
-            let when = format!("when={}", pyfloat_repr(py, timer.get().when)?);
+            let when = format!("when={}", pyfloat_repr(py, timer.get().deadline())?);
             info.insert(pos.min(info.len()), when);
         }
         Ok(format!("<{}>", info.join(" ")))
@@ -379,9 +382,24 @@ fn pyfloat_repr(py: Python<'_>, value: f64) -> PyResult<String> {
 }
 
 impl TimerHandle {
+    #[inline]
+    pub(crate) fn deadline(&self) -> f64 {
+        f64::from_bits(self.when.load(Ordering::Relaxed))
+    }
+
+    /// Re-arms a recycled timer for `when`; returns the (empty) previous state.
+    pub(crate) fn rearm(
+        slf: &Bound<'_, TimerHandle>,
+        state: HandleState,
+        when: f64,
+    ) -> HandleState {
+        slf.get().when.store(when.to_bits(), Ordering::Relaxed);
+        slf.as_super().get().rearm(slf.py(), state)
+    }
+
     pub(crate) fn new_init(base: Handle, when: f64) -> PyClassInitializer<TimerHandle> {
         PyClassInitializer::from(base).add_subclass(TimerHandle {
-            when,
+            when: AtomicU64::new(when.to_bits()),
             scheduled: GilCell::new(false),
         })
     }
@@ -390,12 +408,12 @@ impl TimerHandle {
 #[pymethods]
 impl TimerHandle {
     fn when(&self) -> f64 {
-        self.when
+        self.deadline()
     }
 
     #[getter]
     fn _when(&self) -> f64 {
-        self.when
+        self.deadline()
     }
 
     #[getter]
@@ -424,11 +442,8 @@ impl TimerHandle {
     }
 
     fn __hash__(&self) -> u64 {
-        let bits = if self.when == 0.0 {
-            0
-        } else {
-            self.when.to_bits()
-        };
+        let when = self.deadline();
+        let bits = if when == 0.0 { 0 } else { when.to_bits() };
         bits ^ (bits >> 32)
     }
 
@@ -441,7 +456,7 @@ impl TimerHandle {
         let Ok(other) = other.cast::<TimerHandle>() else {
             return Ok(py.NotImplemented());
         };
-        let (a, b) = (slf.get().when, other.get().when);
+        let (a, b) = (slf.get().deadline(), other.get().deadline());
         let eq = || -> PyResult<bool> {
             if a != b {
                 return Ok(false);

@@ -39,6 +39,8 @@ pub(crate) struct State {
     /// Spent handles that nobody else referenced, re-armed by the next `call_soon`
     /// instead of allocating (uvloop keeps a freelist for the same reason).
     handle_pool: Vec<Py<Handle>>,
+    /// The same for fired timers.
+    timer_pool: Vec<Py<TimerHandle>>,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -48,7 +50,7 @@ pub struct LoopCore {
     clock_resolution: f64,
 }
 
-const HANDLE_POOL_MAX: usize = 256;
+const HANDLE_POOL_MAX: usize = 4096;
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -147,7 +149,14 @@ impl LoopCore {
         let py = slf.py();
         slf.get().check_closed(py)?;
         let base = Self::new_handle(slf, callback, args, context, Some(method))?;
-        let timer = Py::new(py, TimerHandle::new_init(Handle::new(base), when))?;
+        let pooled = slf.get().st.borrow_mut(py).timer_pool.pop();
+        let timer = match pooled {
+            Some(timer) => {
+                let _empty = TimerHandle::rearm(timer.bind(py), base, when);
+                timer
+            }
+            None => Py::new(py, TimerHandle::new_init(Handle::new(base), when))?,
+        };
         slf.get()
             .st
             .borrow_mut(py)
@@ -224,6 +233,7 @@ impl LoopCore {
                 current_handle: None,
                 task_factory: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_MAX),
+                timer_pool: Vec::new(),
             }),
             clock_resolution: clock::resolution(),
         })
@@ -411,6 +421,7 @@ impl LoopCore {
                 st.poller.take(),
                 st.current_handle.take(),
                 std::mem::take(&mut st.handle_pool),
+                std::mem::take(&mut st.timer_pool),
             )
         };
         drop(released);
@@ -554,7 +565,7 @@ impl LoopCore {
         {
             visit.call(h)?;
         }
-        for t in st.timers.iter() {
+        for t in st.timers.iter().chain(st.timer_pool.iter()) {
             visit.call(t)?;
         }
         for obj in [&st.task_factory].into_iter().flatten() {
@@ -577,6 +588,7 @@ impl LoopCore {
                     st.task_factory.take(),
                     st.current_handle.take(),
                     std::mem::take(&mut st.handle_pool),
+                    std::mem::take(&mut st.timer_pool),
                 )
             };
             drop(released);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use super::handles::Handle;
+use super::handles::{Handle, TimerHandle};
 use super::{LoopCore, HANDLE_POOL_MAX};
 use crate::clock;
 use crate::errors::os_error;
@@ -40,11 +40,9 @@ impl LoopCore {
         // Timers due by now (plus the clock's resolution) join the ready queue.
         if !this.st.borrow(py).timers.is_empty() {
             let end = clock::monotonic() + this.clock_resolution;
-            loop {
-                let mut st = this.st.borrow_mut(py);
-                let Some(timer) = st.timers.pop_due(py, end) else {
-                    break;
-                };
+            // No Python code runs while due timers move over: one borrow serves them all.
+            let st = &mut *this.st.borrow_mut(py);
+            while let Some(timer) = st.timers.pop_due(py, end) {
                 st.ready
                     .push_back(timer.into_bound(py).into_super().unbind());
             }
@@ -74,16 +72,38 @@ impl LoopCore {
     #[inline]
     fn recycle(this: &LoopCore, handle: Bound<'_, Handle>) {
         let py = handle.py();
-        if pyapi::refcnt(handle.as_any()) != 1
-            || !handle.is_exact_instance_of::<Handle>()
-            || pyapi::may_have_weakrefs(handle.as_any())
-            || this.st.borrow(py).handle_pool.len() >= HANDLE_POOL_MAX
-        {
+        if pyapi::refcnt(handle.as_any()) != 1 || pyapi::may_have_weakrefs(handle.as_any()) {
             return;
+        }
+        let is_plain = handle.is_exact_instance_of::<Handle>();
+        let timer = if is_plain {
+            None
+        } else {
+            match handle.cast_exact::<TimerHandle>() {
+                Ok(t) => Some(t.clone().unbind()),
+                Err(_) => return,
+            }
+        };
+        {
+            let st = this.st.borrow(py);
+            let full = match timer {
+                None => st.handle_pool.len() >= HANDLE_POOL_MAX,
+                Some(_) => st.timer_pool.len() >= HANDLE_POOL_MAX,
+            };
+            if full {
+                return;
+            }
         }
         // Released before the handle is pooled: finalizers may run here.
         drop(handle.get().take_state(py));
-        this.st.borrow_mut(py).handle_pool.push(handle.unbind());
+        let mut st = this.st.borrow_mut(py);
+        match timer {
+            None => st.handle_pool.push(handle.unbind()),
+            Some(t) => {
+                drop(handle);
+                st.timer_pool.push(t)
+            }
+        }
     }
 
     /// Polls the OS and queues the callbacks of ready fds. The GIL is released only for a
