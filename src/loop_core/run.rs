@@ -42,7 +42,7 @@ impl LoopCore {
             let end = clock::monotonic() + this.clock_resolution;
             // No Python code runs while due timers move over: one borrow serves them all.
             let st = &mut *this.st.borrow_mut(py);
-            while let Some(timer) = st.timers.pop_due(py, end) {
+            while let Some(timer) = st.timers.pop_due(end) {
                 st.ready
                     .push_back(timer.into_bound(py).into_super().unbind());
             }
@@ -56,6 +56,9 @@ impl LoopCore {
                 break;
             };
             let handle = handle.into_bound(py);
+            if let Ok(timer) = handle.cast_exact::<TimerHandle>() {
+                this.st.borrow_mut(py).timers.fired(py, timer);
+            }
             if !handle.get().is_cancelled(py) {
                 if this.debug(py) {
                     Self::run_debug(slf, &handle)?;

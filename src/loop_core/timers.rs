@@ -2,7 +2,7 @@
 //! lazy deletion of cancelled timers.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use dary_heap::QuaternaryHeap as BinaryHeap;
 
 use pyo3::prelude::*;
 
@@ -108,17 +108,23 @@ impl Timers {
         self.heap.peek().map(|e| e.when)
     }
 
-    /// Pops the earliest timer if it is due before `end`.
-    pub(crate) fn pop_due(&mut self, py: Python<'_>, end: f64) -> Option<Py<TimerHandle>> {
+    /// Pops the earliest timer if it is due before `end`. The handle itself is not
+    /// touched (one cache miss fewer per timer): `fired` clears its scheduled flag when
+    /// the run step reaches it.
+    pub(crate) fn pop_due(&mut self, end: f64) -> Option<Py<TimerHandle>> {
         if self.heap.peek()?.when >= end {
             return None;
         }
-        let entry = self.heap.pop()?;
-        if is_cancelled(py, &entry.handle) {
+        self.heap.pop().map(|entry| entry.handle)
+    }
+
+    /// A popped timer reached the run step: it is no longer scheduled, and if it was
+    /// cancelled while still counted as scheduled, it leaves the cancelled count.
+    pub(crate) fn fired(&mut self, py: Python<'_>, timer: &Bound<'_, TimerHandle>) {
+        let was_scheduled = std::mem::replace(&mut *timer.get().scheduled.borrow_mut(py), false);
+        if was_scheduled && timer.as_super().get().is_cancelled(py) {
             self.cancelled = self.cancelled.saturating_sub(1);
         }
-        unschedule(py, &entry.handle);
-        Some(entry.handle)
     }
 
     pub(crate) fn take_all(&mut self) -> Vec<TimerEntry> {
