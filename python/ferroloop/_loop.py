@@ -4,6 +4,9 @@ Hot paths (scheduling, timers, the poller, handle dispatch) live in `_core.LoopC
 Cold paths whose exact behaviour differs between CPython versions (run_until_complete,
 executors, the exception handler, async-generator shutdown, DNS) are CPython's own
 `BaseEventLoop` functions bound to this class, so each interpreter gets its own semantics.
+
+Networking, pipes and subprocesses are, for now, asyncio's own selector-loop code over the
+Rust poller (see `_network.py`); Rust transports replace them piece by piece.
 """
 
 from __future__ import annotations
@@ -15,20 +18,29 @@ import warnings
 import weakref
 from asyncio import base_events, coroutines, events
 from asyncio.log import logger
-from typing import Any, NoReturn
+import selectors
+from typing import Any
 
 from . import _core
+from ._network import bind_network_methods
 from ._signals import SignalHandlers
 
 # Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
 _Base: Any = base_events.BaseEventLoop
 
-def _not_implemented(name: str) -> Any:
-    def method(self: Loop, *args: Any, **kwargs: Any) -> NoReturn:
-        raise NotImplementedError(f"ferroloop: loop.{name}() is not implemented yet")
+class _SelectorView:
+    """The read-only part of a `selectors` selector, over the Rust fd registry."""
 
-    method.__name__ = method.__qualname__ = name
-    return method
+    def __init__(self, loop: Loop) -> None:
+        self._loop = weakref.ref(loop)
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
+        loop = self._loop()
+        events = loop._fd_events(fd) if loop is not None and not loop.is_closed() else 0
+        if not events:
+            raise KeyError(f"{fileobj!r} is not registered")
+        return selectors.SelectorKey(fileobj, fd, events, None)
 
 
 class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: ignore[misc]
@@ -61,29 +73,6 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
     getnameinfo = _Base.getnameinfo
     _getaddrinfo_debug = _Base._getaddrinfo_debug
 
-    # Methods of later milestones: they exist, and say plainly that they are not built yet.
-    create_connection = _not_implemented("create_connection")
-    create_server = _not_implemented("create_server")
-    create_unix_connection = _not_implemented("create_unix_connection")
-    create_unix_server = _not_implemented("create_unix_server")
-    create_datagram_endpoint = _not_implemented("create_datagram_endpoint")
-    connect_accepted_socket = _not_implemented("connect_accepted_socket")
-    sendfile = _not_implemented("sendfile")
-    sock_sendfile = _not_implemented("sock_sendfile")
-    start_tls = _not_implemented("start_tls")
-    sock_recv = _not_implemented("sock_recv")
-    sock_recv_into = _not_implemented("sock_recv_into")
-    sock_recvfrom = _not_implemented("sock_recvfrom")
-    sock_recvfrom_into = _not_implemented("sock_recvfrom_into")
-    sock_sendall = _not_implemented("sock_sendall")
-    sock_sendto = _not_implemented("sock_sendto")
-    sock_connect = _not_implemented("sock_connect")
-    sock_accept = _not_implemented("sock_accept")
-    connect_read_pipe = _not_implemented("connect_read_pipe")
-    connect_write_pipe = _not_implemented("connect_write_pipe")
-    subprocess_shell = _not_implemented("subprocess_shell")
-    subprocess_exec = _not_implemented("subprocess_exec")
-
     def __init__(self) -> None:
         self._exception_handler = None
         self._default_executor = None
@@ -93,6 +82,8 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.slow_callback_duration = 0.1
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        self._selector_view = _SelectorView(self)
         self._init_signals()
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
@@ -117,6 +108,32 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
 
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+        """Call `callback(*args)` whenever `fd` is readable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        """Stop watching `fd` for reading; True if it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return bool(self._remove_reader(fd))
+
+    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
+        """Call `callback(*args)` whenever `fd` is writable."""
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd: Any) -> bool:
+        """Stop watching `fd` for writing; True if it was watched."""
+        self._ensure_fd_no_transport(fd)
+        return bool(self._remove_writer(fd))
+
+    @property
+    def _selector(self) -> _SelectorView | None:
+        # asyncio's transports look at their loop's selector (in their repr); a closed
+        # selector loop has none.
+        return None if self.is_closed() else self._selector_view
+
     def close(self) -> None:
         """Close the loop: drop pending callbacks, release the poller, stop the executor."""
         if self.is_running():
@@ -140,3 +157,4 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
                 self.close()
 
 
+bind_network_methods(Loop)

@@ -171,7 +171,7 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         dir: Dir,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
         let fd = fileobj_to_fd(fd)?;
@@ -182,12 +182,14 @@ impl LoopCore {
         let old = {
             let mut st = slf.get().st.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
-            st.fds.add(&poller, fd, dir, handle).map_err(os_error)?
+            st.fds
+                .add(&poller, fd, dir, handle.clone_ref(py))
+                .map_err(os_error)?
         };
         if let Some(old) = old {
             old.bind(py).call_method0("cancel")?;
         }
-        Ok(())
+        Ok(handle)
     }
 
     fn remove_io(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, dir: Dir) -> PyResult<bool> {
@@ -427,32 +429,41 @@ impl LoopCore {
         drop(released);
     }
 
+    /// Watches `fd` (asyncio's `_add_reader`: no transport check; returns the handle).
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_reader(
+    fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::add_io(slf, fd, callback, args, Dir::Read)
     }
 
+    /// Watches `fd` (asyncio's `_add_writer`: no transport check; returns the handle).
     #[pyo3(signature = (fd, callback, *args))]
-    fn add_writer(
+    fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
-    ) -> PyResult<()> {
+    ) -> PyResult<Py<Handle>> {
         Self::add_io(slf, fd, callback, args, Dir::Write)
     }
 
-    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_io(slf, fd, Dir::Read)
     }
 
-    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_io(slf, fd, Dir::Write)
+    }
+
+    /// The events watched on `fd`: 1 (read) | 2 (write), 0 if none (selectors' masks).
+    fn _fd_events(&self, py: Python<'_>, fd: i32) -> u8 {
+        self.st.borrow(py).fds.get(fd).map_or(0, |e| {
+            u8::from(e.reader.is_some()) | (u8::from(e.writer.is_some()) << 1)
+        })
     }
 
     /// `asyncio.Future(loop=self)`.

@@ -1,8 +1,8 @@
 //! The timer heap: earliest deadline first, FIFO among equal deadlines, with asyncio's
 //! lazy deletion of cancelled timers.
 
-use std::cmp::Ordering;
 use dary_heap::QuaternaryHeap as BinaryHeap;
+use std::cmp::Ordering;
 
 use pyo3::prelude::*;
 
