@@ -38,7 +38,7 @@ lint: dev
 	cargo clippy --release --all-targets -- -D warnings
 	$(VENV)/bin/python -m pip install -q mypy ruff typing_extensions
 	$(VENV)/bin/ruff check python tests examples benchmarks
-	$(VENV)/bin/python -m mypy.stubtest ferroloop
+	$(VENV)/bin/python -m mypy.stubtest ferroloop --allowlist tests/stubtest-allowlist.txt
 
 clean:
 	rm -rf target .venvs

@@ -18,8 +18,11 @@ import warnings
 import weakref
 from asyncio import base_events, coroutines, events
 from asyncio.log import logger
+import ipaddress
 import selectors
-from typing import Any
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._network import bind_network_methods
@@ -27,6 +30,29 @@ from ._signals import SignalHandlers
 
 # Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
 _Base: Any = base_events.BaseEventLoop
+
+def _is_numeric(host: Any, port: Any) -> bool:
+    """Whether getaddrinfo(host, port) needs no name service (IP literal, numeric port)."""
+    if isinstance(port, (str, bytes)):
+        if not port.isdigit():
+            return False
+    elif port is not None and not isinstance(port, int):
+        return False
+    if host is None:
+        return True
+    if isinstance(host, bytes):
+        try:
+            host = host.decode("ascii")
+        except UnicodeDecodeError:
+            return False
+    if not isinstance(host, str):
+        return False
+    try:
+        ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    return True
+
 
 class _SelectorView:
     """The read-only part of a `selectors` selector, over the Rust fd registry."""
@@ -69,9 +95,12 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
     _check_thread = _Base._check_thread
     _set_coroutine_origin_tracking = _Base._set_coroutine_origin_tracking
     set_debug = _Base.set_debug
-    getaddrinfo = _Base.getaddrinfo
     getnameinfo = _Base.getnameinfo
     _getaddrinfo_debug = _Base._getaddrinfo_debug
+
+    if TYPE_CHECKING:
+        # Bound from asyncio's selector loop by bind_network_methods().
+        _ensure_fd_no_transport: Callable[[Any], None]
 
     def __init__(self) -> None:
         self._exception_handler = None
@@ -108,7 +137,25 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
 
-    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+    async def getaddrinfo(
+        self,
+        host: Any,
+        port: Any,
+        *,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ) -> list[Any]:
+        """`socket.getaddrinfo` without blocking the loop, as asyncio's."""
+        if not self._debug and _is_numeric(host, port):
+            # Nothing to resolve: answer here rather than round-trip through a thread.
+            return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+        return await _Base.getaddrinfo(  # type: ignore[no-any-return]
+            self, host, port, family=family, type=type, proto=proto, flags=flags
+        )
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is readable."""
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)
@@ -118,7 +165,7 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         self._ensure_fd_no_transport(fd)
         return bool(self._remove_reader(fd))
 
-    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
+    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is writable."""
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)
