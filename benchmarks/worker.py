@@ -408,7 +408,7 @@ def run_in_executor(loop: Loop, n: int) -> Result:
         rie = loop.run_in_executor
         gather = asyncio.gather
         total = 0
-        for b in range(n // window):
+        for _ in range(n // window):
             rs = await gather(*[rie(None, _small_function, i) for i in range(window)])
             total += sum(rs)
         return total

@@ -3,9 +3,10 @@
 mod clock;
 mod errors;
 mod gil_cell;
-mod loop_core;
+pub(crate) mod loop_core;
 mod poller;
 mod pyapi;
+mod transports;
 
 use pyo3::prelude::*;
 
@@ -18,5 +19,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "ferroloop needs the GIL; free-threaded CPython is not supported",
         ));
     }
-    loop_core::init_pymodule(m)
+    loop_core::init_pymodule(m)?;
+    transports::init_pymodule(m)
 }

@@ -7,9 +7,8 @@ import gc
 import os
 from collections.abc import Callable, Iterator
 
-import pytest
-
 import ferroloop
+import pytest
 
 LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     # The stock loop that asyncio.new_event_loop() gives on Linux, named directly so an
@@ -30,7 +29,9 @@ def loop_factory(request: pytest.FixtureRequest) -> Callable[[], asyncio.Abstrac
 
 
 @pytest.fixture
-def loop(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> Iterator[asyncio.AbstractEventLoop]:
+def loop(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> Iterator[asyncio.AbstractEventLoop]:
     """A fresh loop, closed at tear-down; the test fails if it leaked file descriptors."""
     gc.collect()
     before = _open_fds()

@@ -111,10 +111,6 @@ def test_script_argv_passes_options_through(tmp_path):
     assert ferro["argv"] == plain["argv"] == list(args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ferroloop bug: __main__.py runs the script with runpy.run_path(argv[0]) as given; python (3.9+) makes the main script's __file__ absolute",
-)
 def test_script_file_is_absolute(tmp_path):
     # Since 3.9, python makes the main script's __file__ absolute, so that it survives
     # os.chdir(); scripts locate their data with it.
@@ -139,10 +135,6 @@ def test_script_imports_its_sibling_modules(tmp_path):
     assert ferro.stdout == plain.stdout == "from helper\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ferroloop bug: __main__.py sets sys.path[0] from os.path.abspath(script), not realpath: a symlinked script cannot import the modules next to its target",
-)
 def test_symlinked_script_finds_its_siblings(tmp_path):
     # python resolves a symlinked script before putting its directory on sys.path.
     write(tmp_path / "real" / "helper.py", "VALUE = 'found'\n")
@@ -292,10 +284,6 @@ def test_ctrl_c_while_running(tmp_path):
     assert ferro == plain
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ferroloop bug: __main__.py lets run_path's FileNotFoundError escape (traceback, exit 1); python says \"can't open file\" and exits 2",
-)
 def test_missing_script(tmp_path):
     plain = python("missing.py", cwd=tmp_path)
     ferro = ferroloop("missing.py", cwd=tmp_path)
@@ -347,10 +335,6 @@ def test_missing_module_exit_code(tmp_path):
     assert "No module named no_such_module_here" in ferro.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ferroloop bug: __main__.py lets runpy's ImportError escape as a traceback through ferroloop's own frames; python prints one line",
-)
 def test_missing_module_message_like_python(tmp_path):
     # python prints one line, no traceback of its own start-up machinery.
     plain = python("-m", "no_such_module_here", cwd=tmp_path)

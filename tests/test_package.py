@@ -91,17 +91,7 @@ def test_run_rejects_non_coroutine(run):
         run(42)
 
 
-def test_run_inside_running_loop(run, loop_factory, request):
-    if PY311 and is_ferroloop(loop_factory):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="ferroloop bug: _run.py run() enters asyncio.Runner before checking "
-                "for a running loop; Runner's clean-up then fails with 'Cannot run the event "
-                "loop while another loop is running', masking asyncio.run()'s error",
-            )
-        )
-
+def test_run_inside_running_loop(run):
     async def inner():
         pass
 

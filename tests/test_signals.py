@@ -54,7 +54,12 @@ def test_signal_handler_context(loop):
 
 @pytest.mark.parametrize(
     ("sig", "exc"),
-    [("1", TypeError), (0, ValueError), (signal.NSIG + 10, ValueError), (signal.SIGKILL, RuntimeError)],
+    [
+        ("1", TypeError),
+        (0, ValueError),
+        (signal.NSIG + 10, ValueError),
+        (signal.SIGKILL, RuntimeError),
+    ],
 )
 def test_bad_signals(loop, sig, exc):
     with pytest.raises(exc):

@@ -12,24 +12,26 @@ Rust poller (see `_network.py`); Rust transports replace them piece by piece.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import selectors
+import socket
 import sys
 import threading
 import warnings
 import weakref
 from asyncio import base_events, coroutines, events
 from asyncio.log import logger
-import ipaddress
-import selectors
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _core
 from ._network import bind_network_methods
 from ._signals import SignalHandlers
+from ._transports import SocketTransport
 
 # Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
 _Base: Any = base_events.BaseEventLoop
+
 
 def _is_numeric(host: Any, port: Any) -> bool:
     """Whether getaddrinfo(host, port) needs no name service (IP literal, numeric port)."""
@@ -113,6 +115,8 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         self.slow_callback_duration = 0.1
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._selector_view = _SelectorView(self)
+        # Read by asyncio's Unix-server code (3.13+: unlinks socket paths on close).
+        self._unix_server_sockets: dict[Any, int] = {}
         self._init_signals()
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
@@ -150,10 +154,23 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         """`socket.getaddrinfo` without blocking the loop, as asyncio's."""
         if not self._debug and _is_numeric(host, port):
             # Nothing to resolve: answer here rather than round-trip through a thread.
-            return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+            return socket.getaddrinfo(
+                host, port, family, type, proto, flags | socket.AI_NUMERICHOST
+            )
         return await _Base.getaddrinfo(  # type: ignore[no-any-return]
             self, host, port, family=family, type=type, proto=proto, flags=flags
         )
+
+    def _make_socket_transport(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> SocketTransport:
+        return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is readable."""

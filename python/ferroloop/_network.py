@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import types
 from asyncio import base_events, selector_events, unix_events
-from typing import Any
 
 _SOURCES: tuple[type, ...] = (
     unix_events._UnixSelectorEventLoop,  # type: ignore[attr-defined]
@@ -45,7 +44,12 @@ _REPLACED = frozenset(
 def bind_network_methods(cls: type) -> list[str]:
     """Binds to `cls` every function of the selector loops it lacks; returns their names."""
     bound = []
-    own = {name for klass in cls.__mro__ if klass.__module__.startswith("ferroloop") for name in vars(klass)}
+    own = {
+        name
+        for klass in cls.__mro__
+        if klass.__module__.startswith("ferroloop")
+        for name in vars(klass)
+    }
     for source in _SOURCES:
         for name, value in vars(source).items():
             if name in own or name in _REPLACED or name in bound:
@@ -56,5 +60,3 @@ def bind_network_methods(cls: type) -> list[str]:
             bound.append(name)
     cls._network_methods = tuple(bound)  # type: ignore[attr-defined]
     return bound
-
-

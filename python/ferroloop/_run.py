@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Coroutine, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from ._loop import Loop
 
@@ -18,6 +19,8 @@ def new_event_loop() -> Loop:
 
 def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
     """Run a coroutine on a new ferroloop loop, as `asyncio.run()` does."""
+    if asyncio.events._get_running_loop() is not None:
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if sys.version_info >= (3, 11):
         with asyncio.Runner(loop_factory=new_event_loop, debug=debug) as runner:
             return runner.run(main)
@@ -28,8 +31,6 @@ def _run_310(main: Coroutine[Any, Any, _T], debug: bool | None) -> _T:
     # Python 3.10 has no asyncio.Runner: mirror asyncio.run() step by step.
     from asyncio.runners import _cancel_all_tasks  # type: ignore[attr-defined]
 
-    if asyncio.events._get_running_loop() is not None:
-        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if not asyncio.iscoroutine(main):
         raise ValueError(f"a coroutine was expected, got {main!r}")
     loop = new_event_loop()

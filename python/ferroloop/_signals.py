@@ -127,6 +127,7 @@ class SignalHandlers:
                 "skipping signal handlers removal",
                 ResourceWarning,
                 source=self,
+                stacklevel=2,
             )
             self._signal_handlers.clear()
         socks, self._signal_socks = self._signal_socks, None

@@ -1,7 +1,7 @@
 //! `LoopCore`: the Rust half of `ferroloop.Loop` — ready queue, timers, fd watchers,
 //! task creation — and the `_core` module's registration.
 
-mod fds;
+pub(crate) mod fds;
 pub(crate) mod handles;
 mod run;
 mod timers;
@@ -165,7 +165,7 @@ impl LoopCore {
         Ok(timer)
     }
 
-    fn add_io(
+    pub(crate) fn add_io(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
@@ -192,7 +192,11 @@ impl LoopCore {
         Ok(handle)
     }
 
-    fn remove_io(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>, dir: Dir) -> PyResult<bool> {
+    pub(crate) fn remove_io(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        dir: Dir,
+    ) -> PyResult<bool> {
         let py = slf.py();
         if slf.get().st.borrow(py).closed {
             return Ok(false);
@@ -247,7 +251,7 @@ impl LoopCore {
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
+    pub(crate) fn call_soon(
         slf: &Bound<'_, Self>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,

@@ -1,0 +1,201 @@
+"""`SocketTransport`: ferroloop's TCP/Unix stream transport, an `asyncio.Transport` whose
+work is done by the Rust `StreamTransportCore` (asyncio's `_SelectorSocketTransport`
+semantics). The hot methods are the core's own bound methods, set on each instance, so a
+`transport.write()` call runs no Python code of ours.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import warnings
+from asyncio import base_events, constants, futures, transports, trsock
+from typing import Any
+
+from . import _core
+
+# Bound per instance, straight to the Rust core.
+_DIRECT = (
+    "write",
+    "writelines",
+    "is_closing",
+    "is_reading",
+    "pause_reading",
+    "resume_reading",
+    "get_write_buffer_size",
+)
+
+# Server._attach/_detach take the transport from 3.13 on.
+_SERVER_TAKES_TRANSPORT = sys.version_info >= (3, 13)
+
+
+class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-defined,misc]
+    """A stream transport over a connected TCP or Unix socket.
+
+    A `_FlowControlMixin` as asyncio's own stream transports are (sendfile's fallback
+    requires it), with the mixin's state kept in the Rust core.
+    """
+
+    _extra: dict[str, Any]
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: Any,
+        waiter: Any = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        # Transport.__init__, not the mixin's: flow-control state lives in the core.
+        transports.Transport.__init__(self, extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._sock_fd = sock.fileno()
+        core = _core.StreamTransportCore(loop, sock, protocol, self)
+        self._core = core
+        for name in _DIRECT:
+            setattr(self, name, getattr(core, name))
+        self._server = server
+        if server is not None:
+            if _SERVER_TAKES_TRANSPORT:
+                server._attach(self)
+            else:
+                server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)  # type: ignore[attr-defined]
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(core._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self.is_closing():
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        loop = self._core._loop
+        if loop is not None and not loop.is_closed():
+            events = loop._fd_events(self._sock_fd)
+            info.append("read=polling" if events & 1 else "read=idle")
+            state = "polling" if events & 2 else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        core = self.__dict__.get("_core")
+        if core is not None and core._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core._sock.close()
+            self._connection_lost_done()
+
+    def _connection_lost_done(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            if _SERVER_TAKES_TRANSPORT:
+                server._detach(self)
+            else:
+                server._detach()
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        return self._core._sock  # type: ignore[no-any-return]
+
+    @property
+    def _loop(self) -> Any:
+        return self._core._loop
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _closing(self) -> bool:
+        return self._core._closing  # type: ignore[no-any-return]
+
+    @property
+    def _conn_lost(self) -> int:
+        return self._core._conn_lost  # type: ignore[no-any-return]
+
+    @property
+    def _paused(self) -> bool:
+        return self._core._paused  # type: ignore[no-any-return]
+
+    @property
+    def _eof(self) -> bool:
+        return self._core._eof  # type: ignore[no-any-return]
+
+    @property
+    def _protocol_paused(self) -> bool:
+        return self._core._protocol_paused  # type: ignore[no-any-return]
+
+    # The rest of the Transport API, for the class and unbound calls; instances have the
+    # hot ones bound straight to the core (see _DIRECT).
+    def write(self, data: Any) -> None:
+        self._core.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._core.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._core.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._core.close()
+
+    def abort(self) -> None:
+        self._core.abort()
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()  # type: ignore[no-any-return]
+
+    def is_reading(self) -> bool:
+        return self._core.is_reading()  # type: ignore[no-any-return]
+
+    def pause_reading(self) -> None:
+        self._core.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._core.resume_reading()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol)
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()  # type: ignore[no-any-return]
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._core.set_write_buffer_limits(high, low)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._core._force_close(exc)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        self._core._fatal_error(exc, message)
+
+    def _make_empty_waiter(self) -> Any:
+        return self._core._make_empty_waiter()
+
+    def _reset_empty_waiter(self) -> None:
+        self._core._reset_empty_waiter()

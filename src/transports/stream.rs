@@ -1,0 +1,955 @@
+//! `StreamTransportCore`: the native half of ferroloop's TCP and Unix stream transports,
+//! with the semantics of asyncio's `_SelectorSocketTransport` (selector_events.py).
+//!
+//! The Python class `ferroloop._transports.SocketTransport` (an `asyncio.Transport`) owns
+//! one of these and hands its bound methods out directly, so `transport.write(...)` is a
+//! call into Rust. Reads and writes happen here; protocol callbacks are called from the
+//! loop's run step, through the handles of the fd registry.
+
+use std::cell::RefCell;
+use std::io::IoSlice;
+use std::os::fd::RawFd;
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, MsgFlags, Shutdown};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
+};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+
+use crate::errors::os_error;
+use crate::gil_cell::GilCell;
+use crate::loop_core::fds::Dir;
+use crate::loop_core::LoopCore;
+
+/// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
+const MAX_READ: usize = 256 * 1024;
+/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
+const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
+/// asyncio's default high-water mark; the low one is a quarter of it.
+const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+
+thread_local! {
+    // One read buffer per loop thread, reused by every transport: no allocation per read.
+    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
+}
+
+struct StreamState {
+    loop_: Option<Py<LoopCore>>,
+    sock: Option<Py<PyAny>>,
+    /// The Python transport object that protocols see.
+    owner: Option<Py<PyAny>>,
+    protocol: Option<Py<PyAny>>,
+    buffered: bool,
+    protocol_connected: bool,
+    /// Pending output; `head` bytes at its front are already sent.
+    wbuf: Vec<u8>,
+    head: usize,
+    conn_lost: u32,
+    closing: bool,
+    paused: bool,
+    eof: bool,
+    protocol_paused: bool,
+    high_water: usize,
+    low_water: usize,
+    empty_waiter: Option<Py<PyAny>>,
+}
+
+impl StreamState {
+    fn pending(&self) -> usize {
+        self.wbuf.len() - self.head
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.head += n;
+        if self.head == self.wbuf.len() {
+            self.wbuf.clear();
+            self.head = 0;
+        } else if self.head > 64 * 1024 && self.head * 2 > self.wbuf.len() {
+            self.wbuf.drain(..self.head);
+            self.head = 0;
+        }
+    }
+}
+
+#[pyclass(
+    name = "StreamTransportCore",
+    module = "ferroloop._core",
+    frozen,
+    weakref
+)]
+pub struct StreamTransport {
+    fd: RawFd,
+    st: GilCell<StreamState>,
+}
+
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = protocol.py();
+    let cls = BUFFERED_PROTOCOL.get_or_try_init(py, || {
+        py.import("asyncio")?
+            .getattr("BufferedProtocol")
+            .map(Bound::unbind)
+    })?;
+    protocol.is_instance(cls.bind(py))
+}
+
+fn is_fatal_to_loop(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+}
+
+/// The bytes of a bytes-like object: borrowed for `bytes`, copied otherwise.
+enum Data<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Owned(Vec<u8>),
+}
+
+impl Data<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Data::Bytes(b) => b.as_bytes(),
+            Data::Owned(v) => v,
+        }
+    }
+}
+
+fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Option<Data<'py>>> {
+    if let Ok(b) = data.cast::<PyBytes>() {
+        return Ok(Some(Data::Bytes(b.clone())));
+    }
+    if let Ok(b) = data.cast::<PyByteArray>() {
+        return Ok(Some(Data::Owned(b.to_vec())));
+    }
+    if data.is_instance_of::<PyMemoryView>() {
+        // Any contiguous or not, any item format: its bytes, as socket.send sees them.
+        let bytes = data.call_method0("tobytes")?;
+        return Ok(Some(Data::Bytes(bytes.cast_into::<PyBytes>()?)));
+    }
+    Ok(None)
+}
+
+impl StreamTransport {
+    fn loop_of<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
+        self.st
+            .borrow(py)
+            .loop_
+            .as_ref()
+            .map(|l| l.bind(py).clone())
+    }
+
+    fn owner(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.borrow(py).owner.as_ref().map(|o| o.clone_ref(py))
+    }
+
+    fn protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        self.st
+            .borrow(py)
+            .protocol
+            .as_ref()
+            .map(|p| p.bind(py).clone())
+    }
+
+    fn fd_obj<'py>(&self, py: Python<'py>) -> Bound<'py, PyInt> {
+        PyInt::new(py, self.fd)
+    }
+
+    fn remove_io(&self, py: Python<'_>, dir: Dir) -> PyResult<()> {
+        if let Some(lp) = self.loop_of(py) {
+            LoopCore::remove_io(&lp, self.fd_obj(py).as_any(), dir)?;
+        }
+        Ok(())
+    }
+
+    fn add_io(slf: &Bound<'_, Self>, dir: Dir) -> PyResult<()> {
+        let py = slf.py();
+        let Some(lp) = slf.get().loop_of(py) else {
+            return Ok(());
+        };
+        let cb = match dir {
+            Dir::Read => slf.getattr(pyo3::intern!(py, "_read_ready"))?,
+            Dir::Write => slf.getattr(pyo3::intern!(py, "_write_ready"))?,
+        };
+        LoopCore::add_io(
+            &lp,
+            slf.get().fd_obj(py).as_any(),
+            &cb,
+            &PyTuple::empty(py),
+            dir,
+        )?;
+        Ok(())
+    }
+
+    fn call_soon(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+        arg: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if let Some(lp) = self.loop_of(py) {
+            let args = match arg {
+                Some(a) => PyTuple::new(py, [a])?,
+                None => PyTuple::empty(py),
+            };
+            LoopCore::call_soon(&lp, callback, &args, None)?;
+        }
+        Ok(())
+    }
+
+    fn debug(&self, py: Python<'_>) -> bool {
+        self.loop_of(py).is_some_and(|l| l.get().debug(py))
+    }
+
+    /// `_fatal_error`: OSErrors are expected (logged in debug), others go to the exception
+    /// handler; then the transport is closed.
+    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
+        let py = slf.py();
+        if is_fatal_to_loop(py, &err) {
+            return Err(err);
+        }
+        let exc = err.into_value(py).into_any();
+        let is_os_error = exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>();
+        if let Some(lp) = slf.get().loop_of(py) {
+            if is_os_error {
+                if slf.get().debug(py) {
+                    let logger = py.import("asyncio.log")?.getattr("logger")?;
+                    let kw = PyDict::new(py);
+                    kw.set_item("exc_info", exc.bind(py))?;
+                    logger.call_method(
+                        "debug",
+                        ("%r: %s", slf.get().owner(py), message),
+                        Some(&kw),
+                    )?;
+                }
+            } else {
+                let ctx = PyDict::new(py);
+                ctx.set_item("message", message)?;
+                ctx.set_item("exception", exc.bind(py))?;
+                ctx.set_item("transport", slf.get().owner(py))?;
+                ctx.set_item("protocol", slf.get().protocol(py))?;
+                lp.call_method1("call_exception_handler", (ctx,))?;
+            }
+        }
+        Self::force_close(slf, Some(exc.bind(py)))
+    }
+
+    fn force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (had_buffer, was_closing) = {
+            let mut st = this.st.borrow_mut(py);
+            if st.conn_lost > 0 {
+                return Ok(());
+            }
+            let had = st.pending() > 0;
+            st.wbuf.clear();
+            st.head = 0;
+            let was_closing = st.closing;
+            st.closing = true;
+            st.conn_lost += 1;
+            (had, was_closing)
+        };
+        if had_buffer {
+            this.remove_io(py, Dir::Write)?;
+        }
+        if !was_closing {
+            this.remove_io(py, Dir::Read)?;
+        }
+        let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
+        let none = py.None().into_bound(py);
+        this.call_soon(py, &cb, Some(exc.unwrap_or(&none)))
+    }
+
+    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let pause = {
+            let mut st = slf.get().st.borrow_mut(py);
+            if st.pending() <= st.high_water || st.protocol_paused {
+                false
+            } else {
+                st.protocol_paused = true;
+                true
+            }
+        };
+        if pause {
+            Self::notify_flow(slf, "pause_writing")?;
+        }
+        Ok(())
+    }
+
+    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let resume = {
+            let mut st = slf.get().st.borrow_mut(py);
+            if st.protocol_paused && st.pending() <= st.low_water {
+                st.protocol_paused = false;
+                true
+            } else {
+                false
+            }
+        };
+        if resume {
+            Self::notify_flow(slf, "resume_writing")?;
+        }
+        Ok(())
+    }
+
+    /// Calls `protocol.pause_writing()`/`resume_writing()`, reporting its failures.
+    fn notify_flow(slf: &Bound<'_, Self>, method: &str) -> PyResult<()> {
+        let py = slf.py();
+        let Some(protocol) = slf.get().protocol(py) else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.call_method0(method) {
+            if is_fatal_to_loop(py, &err) {
+                return Err(err);
+            }
+            if let Some(lp) = slf.get().loop_of(py) {
+                let ctx = PyDict::new(py);
+                ctx.set_item("message", format!("protocol.{method}() failed"))?;
+                ctx.set_item("exception", err.into_value(py))?;
+                ctx.set_item("transport", slf.get().owner(py))?;
+                ctx.set_item("protocol", protocol)?;
+                lp.call_method1("call_exception_handler", (ctx,))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `chunks` now as far as the socket takes them, buffering the rest (asyncio's
+    /// `write`, for one chunk or many: a single `sendmsg`, no joining copy).
+    fn send_or_buffer(slf: &Bound<'_, Self>, chunks: &[Data<'_>]) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        {
+            let mut st = this.st.borrow_mut(py);
+            if st.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if st.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
+            let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
+            if total == 0 {
+                return Ok(());
+            }
+            if st.conn_lost > 0 {
+                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                st.conn_lost += 1;
+                drop(st);
+                if warn {
+                    py.import("asyncio.log")?
+                        .getattr("logger")?
+                        .call_method1("warning", ("socket.send() raised exception.",))?;
+                }
+                return Ok(());
+            }
+        }
+        let mut sent = 0;
+        let was_empty = this.st.borrow(py).pending() == 0;
+        if was_empty {
+            let iov: Vec<IoSlice<'_>> = chunks.iter().map(|c| IoSlice::new(c.as_slice())).collect();
+            match socket::sendmsg::<()>(this.fd, &iov, &[], MsgFlags::MSG_NOSIGNAL, None) {
+                Ok(n) => sent = n,
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    return Self::fatal_error(
+                        slf,
+                        os_error(e),
+                        "Fatal write error on socket transport",
+                    );
+                }
+            }
+        }
+        let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
+        if sent == total {
+            return Ok(());
+        }
+        {
+            let mut st = this.st.borrow_mut(py);
+            let mut skip = sent;
+            for c in chunks {
+                let s = c.as_slice();
+                if skip >= s.len() {
+                    skip -= s.len();
+                    continue;
+                }
+                st.wbuf.extend_from_slice(&s[skip..]);
+                skip = 0;
+            }
+        }
+        if was_empty {
+            Self::add_io(slf, Dir::Write)?;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.debug(py) {
+            py.import("asyncio.log")?
+                .getattr("logger")?
+                .call_method1("debug", ("%r received EOF", this.owner(py)))?;
+        }
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        match protocol.call_method0(pyo3::intern!(py, "eof_received")) {
+            Err(err) => Self::fatal_error(
+                slf,
+                err,
+                "Fatal error: protocol.eof_received() call failed.",
+            ),
+            Ok(keep_open) => {
+                if keep_open.is_truthy()? {
+                    this.remove_io(py, Dir::Read)
+                } else {
+                    Self::start_close(slf)
+                }
+            }
+        }
+    }
+
+    fn read_data_received(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let read = READ_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            match socket::recv(this.fd, &mut buf, MsgFlags::empty()) {
+                Ok(n) => Ok(Some(PyBytes::new(py, &buf[..n]))),
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(None),
+                Err(e) => Err(e),
+            }
+        });
+        let data = match read {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")
+            }
+        };
+        if data.as_bytes().is_empty() {
+            return Self::on_eof(slf);
+        }
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        if let Err(err) = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)) {
+            return Self::fatal_error(
+                slf,
+                err,
+                "Fatal error: protocol.data_received() call failed.",
+            );
+        }
+        Ok(())
+    }
+
+    fn read_get_buffer(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let Some(protocol) = this.protocol(py) else {
+            return Ok(());
+        };
+        let buf = match protocol
+            .call_method1(pyo3::intern!(py, "get_buffer"), (-1,))
+            .and_then(|b| {
+                if b.len()? == 0 {
+                    Err(PyRuntimeError::new_err(
+                        "get_buffer() returned an empty buffer",
+                    ))
+                } else {
+                    Ok(b)
+                }
+            }) {
+            Ok(b) => b,
+            Err(err) => {
+                return Self::fatal_error(
+                    slf,
+                    err,
+                    "Fatal error: protocol.get_buffer() call failed.",
+                )
+            }
+        };
+        // The protocol's own buffer is filled in place, through the socket object, as
+        // asyncio does (`sock.recv_into`), so any writable buffer type works.
+        let sock = this.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
+        let Some(sock) = sock else { return Ok(()) };
+        let nbytes = match sock
+            .bind(py)
+            .call_method1(pyo3::intern!(py, "recv_into"), (buf,))
+        {
+            Ok(n) => n.extract::<usize>()?,
+            Err(err) => {
+                if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                    || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+                {
+                    return Ok(());
+                }
+                return Self::fatal_error(slf, err, "Fatal read error on socket transport");
+            }
+        };
+        if nbytes == 0 {
+            return Self::on_eof(slf);
+        }
+        if let Err(err) = protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (nbytes,)) {
+            return Self::fatal_error(
+                slf,
+                err,
+                "Fatal error: protocol.buffer_updated() call failed.",
+            );
+        }
+        Ok(())
+    }
+
+    fn start_close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let flushed = {
+            let mut st = this.st.borrow_mut(py);
+            if st.closing {
+                return Ok(());
+            }
+            st.closing = true;
+            let flushed = st.pending() == 0;
+            if flushed {
+                st.conn_lost += 1;
+            }
+            flushed
+        };
+        this.remove_io(py, Dir::Read)?;
+        if flushed {
+            this.remove_io(py, Dir::Write)?;
+            let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
+            this.call_soon(py, &cb, Some(&py.None().into_bound(py)))?;
+        }
+        Ok(())
+    }
+
+    fn is_reading_now(&self, py: Python<'_>) -> bool {
+        let st = self.st.borrow(py);
+        !st.closing && !st.paused
+    }
+}
+
+#[pymethods]
+impl StreamTransport {
+    #[new]
+    fn new(
+        loop_: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        owner: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let lp = loop_
+            .cast::<LoopCore>()
+            .map_err(|_| PyTypeError::new_err("a ferroloop loop is required"))?;
+        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        Ok(StreamTransport {
+            fd,
+            st: GilCell::new(StreamState {
+                loop_: Some(lp.clone().unbind()),
+                sock: Some(sock.clone().unbind()),
+                owner: Some(owner.clone().unbind()),
+                buffered: is_buffered_protocol(protocol)?,
+                protocol: Some(protocol.clone().unbind()),
+                protocol_connected: true,
+                wbuf: Vec::new(),
+                head: 0,
+                conn_lost: 0,
+                closing: false,
+                paused: false,
+                eof: false,
+                protocol_paused: false,
+                high_water: DEFAULT_HIGH_WATER,
+                low_water: DEFAULT_HIGH_WATER / 4,
+                empty_waiter: None,
+            }),
+        })
+    }
+
+    /// Starts watching the socket for reading (scheduled by the constructor, as asyncio).
+    fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        if slf.get().is_reading_now(slf.py()) {
+            Self::add_io(slf, Dir::Read)?;
+        }
+        Ok(())
+    }
+
+    fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (lost, buffered) = {
+            let st = slf.get().st.borrow(py);
+            (st.conn_lost > 0, st.buffered)
+        };
+        if lost {
+            return Ok(());
+        }
+        if buffered {
+            Self::read_get_buffer(slf)
+        } else {
+            Self::read_data_received(slf)
+        }
+    }
+
+    fn _write_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.st.borrow(py).conn_lost > 0 {
+            return Ok(());
+        }
+        let result = {
+            let st = this.st.borrow(py);
+            socket::send(this.fd, &st.wbuf[st.head..], MsgFlags::MSG_NOSIGNAL)
+        };
+        match result {
+            Ok(n) => this.st.borrow_mut(py).consume(n),
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(()),
+            Err(e) => {
+                this.remove_io(py, Dir::Write)?;
+                {
+                    let mut st = this.st.borrow_mut(py);
+                    st.wbuf.clear();
+                    st.head = 0;
+                }
+                let err = os_error(e);
+                let exc = err.clone_ref(py).into_value(py);
+                Self::fatal_error(slf, err, "Fatal write error on socket transport")?;
+                let waiter = this
+                    .st
+                    .borrow(py)
+                    .empty_waiter
+                    .as_ref()
+                    .map(|w| w.clone_ref(py));
+                if let Some(w) = waiter {
+                    w.bind(py).call_method1("set_exception", (exc,))?;
+                }
+                return Ok(());
+            }
+        }
+        // May write more, through the protocol's resume_writing().
+        Self::maybe_resume_protocol(slf)?;
+        let (empty, closing, eof, waiter) = {
+            let st = this.st.borrow(py);
+            (
+                st.pending() == 0,
+                st.closing,
+                st.eof,
+                st.empty_waiter.as_ref().map(|w| w.clone_ref(py)),
+            )
+        };
+        if empty {
+            this.remove_io(py, Dir::Write)?;
+            if let Some(w) = waiter {
+                w.bind(py).call_method1("set_result", (py.None(),))?;
+            }
+            if closing {
+                Self::_call_connection_lost(slf, py.None().into_bound(py))?;
+            } else if eof {
+                socket::shutdown(this.fd, Shutdown::Write).map_err(os_error)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(data) = bytes_like(data)? else {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not {:?}",
+                data.get_type().name()?.to_string()
+            )));
+        };
+        Self::send_or_buffer(slf, std::slice::from_ref(&data))
+    }
+
+    fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut chunks = Vec::new();
+        for (i, item) in list_of_data.try_iter()?.enumerate() {
+            let item = item?;
+            match bytes_like(&item)? {
+                Some(d) => chunks.push(d),
+                None => {
+                    return Err(PyTypeError::new_err(format!(
+                        "sequence item {i}: expected a bytes-like object, {} found",
+                        item.get_type().name()?
+                    )))
+                }
+            }
+        }
+        Self::send_or_buffer(slf, &chunks)
+    }
+
+    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+        let shut = {
+            let mut st = self.st.borrow_mut(py);
+            if st.closing || st.eof {
+                return Ok(());
+            }
+            st.eof = true;
+            st.pending() == 0
+        };
+        if shut {
+            socket::shutdown(self.fd, Shutdown::Write).map_err(os_error)?;
+        }
+        Ok(())
+    }
+
+    fn can_write_eof(&self) -> bool {
+        true
+    }
+
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::start_close(slf)
+    }
+
+    fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::force_close(slf, None)
+    }
+
+    fn _force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::force_close(slf, Some(exc))
+    }
+
+    #[pyo3(signature = (exc, message="Fatal error on transport"))]
+    fn _fatal_error(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>, message: &str) -> PyResult<()> {
+        Self::fatal_error(slf, PyErr::from_value(exc.clone()), message)
+    }
+
+    fn _call_connection_lost(slf: &Bound<'_, Self>, exc: Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let (protocol, connected) = {
+            let st = this.st.borrow(py);
+            (
+                st.protocol.as_ref().map(|p| p.clone_ref(py)),
+                st.protocol_connected,
+            )
+        };
+        let result = match protocol {
+            Some(p) if connected => p
+                .bind(py)
+                .call_method1("connection_lost", (&exc,))
+                .map(drop),
+            _ => Ok(()),
+        };
+        // Released whatever connection_lost did, as asyncio's `finally:`.
+        let (sock, owner, waiter, _protocol, _loop) = {
+            let mut st = this.st.borrow_mut(py);
+            (
+                st.sock.take(),
+                st.owner.take(),
+                st.empty_waiter.take(),
+                st.protocol.take(),
+                st.loop_.take(),
+            )
+        };
+        if let Some(sock) = sock {
+            sock.bind(py).call_method0("close")?;
+        }
+        // The Python transport detaches from its server (that API varies by version).
+        if let Some(owner) = owner {
+            owner.bind(py).call_method0("_connection_lost_done")?;
+        }
+        if let Some(w) = waiter {
+            let err = py
+                .get_type::<pyo3::exceptions::PyConnectionError>()
+                .call1(("Connection is closed by peer",))?;
+            w.bind(py).call_method1("set_exception", (err,))?;
+        }
+        result
+    }
+
+    fn is_closing(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).closing
+    }
+
+    fn is_reading(&self, py: Python<'_>) -> bool {
+        self.is_reading_now(py)
+    }
+
+    fn pause_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if !slf.get().is_reading_now(py) {
+            return Ok(());
+        }
+        slf.get().st.borrow_mut(py).paused = true;
+        slf.get().remove_io(py, Dir::Read)?;
+        if slf.get().debug(py) {
+            py.import("asyncio.log")?
+                .getattr("logger")?
+                .call_method1("debug", ("%r pauses reading", slf.get().owner(py)))?;
+        }
+        Ok(())
+    }
+
+    fn resume_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        {
+            let mut st = slf.get().st.borrow_mut(py);
+            if st.closing || !st.paused {
+                return Ok(());
+            }
+            st.paused = false;
+        }
+        Self::add_io(slf, Dir::Read)?;
+        if slf.get().debug(py) {
+            py.import("asyncio.log")?
+                .getattr("logger")?
+                .call_method1("debug", ("%r resumes reading", slf.get().owner(py)))?;
+        }
+        Ok(())
+    }
+
+    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let buffered = is_buffered_protocol(protocol)?;
+        let old = {
+            let mut st = self.st.borrow_mut(py);
+            st.buffered = buffered;
+            st.protocol_connected = true;
+            st.protocol.replace(protocol.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.protocol(py).map(Bound::unbind)
+    }
+
+    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
+        self.st.borrow(py).pending()
+    }
+
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+        let st = self.st.borrow(py);
+        (st.low_water, st.high_water)
+    }
+
+    #[pyo3(signature = (high=None, low=None))]
+    fn set_write_buffer_limits(
+        slf: &Bound<'_, Self>,
+        high: Option<&Bound<'_, PyAny>>,
+        low: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let high = high.filter(|h| !h.is_none());
+        let low = low.filter(|l| !l.is_none());
+        let as_int = |v: &Bound<'_, PyAny>| v.extract::<i64>();
+        let (high, low) = match (high, low) {
+            (None, None) => (DEFAULT_HIGH_WATER as i64, (DEFAULT_HIGH_WATER / 4) as i64),
+            (None, Some(l)) => (4 * as_int(l)?, as_int(l)?),
+            (Some(h), None) => (as_int(h)?, as_int(h)? / 4),
+            (Some(h), Some(l)) => (as_int(h)?, as_int(l)?),
+        };
+        if !(high >= low && low >= 0) {
+            return Err(PyValueError::new_err(format!(
+                "high ({high}) must be >= low ({low}) must be >= 0"
+            )));
+        }
+        {
+            let mut st = slf.get().st.borrow_mut(py);
+            st.high_water = high as usize;
+            st.low_water = low as usize;
+        }
+        Self::maybe_pause_protocol(slf)
+    }
+
+    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.st.borrow(py).empty_waiter.is_some() {
+            return Err(PyRuntimeError::new_err("Empty waiter is already set"));
+        }
+        let Some(lp) = self.loop_of(py) else {
+            return Err(PyRuntimeError::new_err("transport is closed"));
+        };
+        let waiter = lp.call_method0("create_future")?.unbind();
+        if self.st.borrow(py).pending() == 0 {
+            waiter.bind(py).call_method1("set_result", (py.None(),))?;
+        }
+        self.st.borrow_mut(py).empty_waiter = Some(waiter.clone_ref(py));
+        Ok(waiter)
+    }
+
+    fn _reset_empty_waiter(&self, py: Python<'_>) {
+        let old = self.st.borrow_mut(py).empty_waiter.take();
+        drop(old);
+    }
+
+    /// The socket, until the connection is lost.
+    #[getter]
+    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+    }
+
+    #[getter]
+    fn _sock_fd(&self) -> RawFd {
+        self.fd
+    }
+
+    #[getter]
+    fn _conn_lost(&self, py: Python<'_>) -> u32 {
+        self.st.borrow(py).conn_lost
+    }
+
+    #[getter]
+    fn _closing(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).closing
+    }
+
+    #[getter]
+    fn _paused(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).paused
+    }
+
+    #[getter]
+    fn _eof(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).eof
+    }
+
+    #[getter]
+    fn _protocol_paused(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).protocol_paused
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Option<Py<LoopCore>> {
+        self.st.borrow(py).loop_.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(st) = self.st.try_borrow_for_gc(&visit) else {
+            return Ok(());
+        };
+        for obj in [&st.sock, &st.owner, &st.protocol, &st.empty_waiter]
+            .into_iter()
+            .flatten()
+        {
+            visit.call(obj)?;
+        }
+        if let Some(l) = &st.loop_ {
+            visit.call(l)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| {
+            let taken = {
+                let mut st = self.st.borrow_mut(py);
+                (
+                    st.owner.take(),
+                    st.protocol.take(),
+                    st.empty_waiter.take(),
+                    st.loop_.take(),
+                )
+            };
+            drop(taken);
+        })
+    }
+}
