@@ -20,7 +20,10 @@ done" all come before "Task 3 starting" because the three sleep(1) deadlines lie
 apart and both loops wake >100 us after the first one, so one iteration collects all three
 timers (30 of 30 runs alike under full CPU load). Under PYTHONASYNCIODEBUG=1 that margin
 shrinks (debug mode slows each task step) and that one interleaving can change, on either
-loop.
+loop. The aiohttp programs (20_, 21_; they need requirements/net.txt) fetch from a local
+server that they start on an ephemeral port, and 20_aiohttp_fetch prints that port as
+<port>; gather returns their concurrent requests' results in argument order, so their
+output is fixed too.
 
 The programs mostly sleep, so they run in parallel: up to --jobs programs at once (default
 16), each one's stock run started together with its ferroloop run, so both see the same
