@@ -122,11 +122,6 @@ NEEDS_NET = {"20_aiohttp_fetch", "21_aiohttp_async_with"}
 # Known ferroloop bugs, program -> reason: the stock run must still pass in full, and the
 # ferroloop run must differ (a strict xfail: a fixed bug fails here until removed).
 FERROLOOP_BUGS: dict[str, str] = {}
-if sys.version_info >= (3, 13):
-    # Closing the aiohttp server fails; see SERVER_CLOSE_313 in tests/test_real_software.py.
-    FERROLOOP_BUGS.update(
-        dict.fromkeys(NEEDS_NET, "on CPython 3.13 asyncio.Server.close() raises on ferroloop")
-    )
 
 
 def _command(loop: str, program: str) -> list[str]:

@@ -49,19 +49,6 @@ UVICORN_LOOPS = {
     "ferroloop": ("ferroloop:new_event_loop", "ferroloop._loop.Loop"),
 }
 
-PY313 = sys.version_info >= (3, 13)
-
-# CPython 3.13 added `_UnixSelectorEventLoop._stop_serving` (it unlinks Unix socket paths),
-# which _network.py binds to Loop: it reads `_unix_server_sockets`, which only that class's
-# __init__ sets, and calls zero-argument super(), which raises TypeError on a Loop (not a
-# _UnixSelectorEventLoop). So on 3.13, closing any server fails on ferroloop and leaves the
-# listening socket open:
-#     server = await asyncio.start_server(cb, "127.0.0.1", 0); server.close()  # raises
-SERVER_CLOSE_313 = (
-    "on CPython 3.13 asyncio.Server.close() raises: 3.13's _UnixSelectorEventLoop._stop_serving, "
-    "bound to Loop, uses `_unix_server_sockets` and zero-argument super()"
-)
-
 
 def ferroloop_bug(reason: str, condition: bool = True) -> pytest.MarkDecorator:
     """Strict xfail on the ferroloop param only (where `condition`); the stock loop must pass."""
@@ -122,7 +109,6 @@ def _random_bytes(n: int, seed: int) -> bytes:
 # --- aiohttp: server and client --------------------------------------------------------
 
 
-@ferroloop_bug(SERVER_CLOSE_313, PY313)
 def test_aiohttp_json(loop: asyncio.AbstractEventLoop) -> None:
     peers: set[Any] = set()
 
@@ -181,7 +167,6 @@ def test_aiohttp_json(loop: asyncio.AbstractEventLoop) -> None:
     run(loop, main())
 
 
-@ferroloop_bug(SERVER_CLOSE_313, PY313)
 def test_aiohttp_post_1mib_echo(loop: asyncio.AbstractEventLoop) -> None:
     body = _random_bytes(MIB, seed=1)
 
@@ -218,7 +203,6 @@ def test_aiohttp_post_1mib_echo(loop: asyncio.AbstractEventLoop) -> None:
     run(loop, main())
 
 
-@ferroloop_bug(SERVER_CLOSE_313, PY313)
 def test_aiohttp_streamed_response(loop: asyncio.AbstractEventLoop) -> None:
     first = b"first chunk\n"
     chunks = [_random_bytes(64 * 1024, seed=i) for i in range(128)]  # 8 MiB after it
@@ -266,7 +250,6 @@ def test_aiohttp_streamed_response(loop: asyncio.AbstractEventLoop) -> None:
     run(loop, main())
 
 
-@ferroloop_bug(SERVER_CLOSE_313, PY313)
 def test_aiohttp_websocket_echo(loop: asyncio.AbstractEventLoop) -> None:
     server_saw: list[Any] = []
 
@@ -354,7 +337,6 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@ferroloop_bug(SERVER_CLOSE_313, PY313)
 @pytest.mark.parametrize("http", ["h11", "httptools"])
 def test_uvicorn_in_process(loop: asyncio.AbstractEventLoop, http: str) -> None:
     config = uvicorn.Config(
@@ -438,7 +420,6 @@ _WHICH_LOOP_APP = textwrap.dedent(
 )
 
 
-@ferroloop_bug(SERVER_CLOSE_313, PY313)  # the server process fails at its shutdown
 def test_uvicorn_cli_loop_option(
     loop: asyncio.AbstractEventLoop, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

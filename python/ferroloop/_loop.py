@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import selectors
 import socket
 import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events
+from asyncio import base_events, coroutines, events, selector_events
 from asyncio.log import logger
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -171,6 +172,21 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         server: Any = None,
     ) -> SocketTransport:
         return SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        # The Unix loop's version (3.13+: unlink the socket path it created, unless the
+        # file was replaced since), without its zero-argument super().
+        path = sock.getsockname() if sock in self._unix_server_sockets else None
+        selector_events.BaseSelectorEventLoop._stop_serving(self, sock)  # type: ignore[attr-defined]
+        if path is not None:
+            prev_ino = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == prev_ino:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is readable."""
