@@ -7,7 +7,7 @@ OTHER_PYS := 3.10 3.12 3.13
 .PHONY: dev run test test-main test-others conformance bench lint clean
 
 dev:
-	@scripts/venv.sh $(PY) requirements/test.txt
+	@scripts/venv.sh $(PY) requirements/test.txt requirements/net.txt
 
 run: dev
 	$(PYTHON) examples/run_all.py
@@ -22,7 +22,7 @@ test-main: dev
 test-others:
 	@for v in $(OTHER_PYS); do \
 		echo "== CPython $$v: tutorial programs and core tests"; \
-		scripts/venv.sh $$v requirements/test.txt || exit 1; \
+		scripts/venv.sh $$v requirements/test.txt requirements/net.txt || exit 1; \
 		.venvs/$$v/bin/python -m pytest -q tests/test_examples.py tests/test_loop_core.py tests/test_signals.py || exit 1; \
 	done
 
