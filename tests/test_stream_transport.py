@@ -1,0 +1,100 @@
+"""Edge cases of the stream transport's write path, on the stock loop and on ferroloop."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+
+import pytest
+
+
+class Collect(asyncio.Protocol):
+    def __init__(self, expected: int) -> None:
+        self.data = bytearray()
+        self.expected = expected
+        self.done = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data.extend(data)
+        if len(self.data) >= self.expected and not self.done.done():
+            self.done.set_result(bytes(self.data))
+
+
+async def _pair(expected: int):
+    loop = asyncio.get_running_loop()
+    sink: list[Collect] = []
+
+    def factory() -> Collect:
+        sink.append(Collect(expected))
+        return sink[-1]
+
+    server = await loop.create_server(factory, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    while not sink:
+        await asyncio.sleep(0)
+    return server, transport, sink[0]
+
+
+def test_writelines_more_buffers_than_iov_max(loop):
+    chunks = [bytes([i % 251]) * 7 for i in range(3000)]
+
+    async def main():
+        server, transport, sink = await _pair(7 * 3000)
+        transport.writelines(chunks)
+        got = await asyncio.wait_for(sink.done, 10)
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert loop.run_until_complete(main()) == b"".join(chunks)
+
+
+def test_write_accepts_bytes_like(loop):
+    ints = array.array("i", [1, 2, 3])
+    parts = [b"ab", bytearray(b"cd"), memoryview(b"efgh")[1:3], memoryview(ints)]
+    expected = b"abcdfg" + ints.tobytes()
+
+    async def main():
+        server, transport, sink = await _pair(len(expected))
+        for p in parts:
+            transport.write(p)
+        got = await asyncio.wait_for(sink.done, 10)
+        transport.close()
+        server.close()
+        await server.wait_closed()
+        return got
+
+    assert loop.run_until_complete(main()) == expected
+
+
+def test_write_errors(loop):
+    async def main():
+        server, transport, _ = await _pair(1)
+        with pytest.raises(TypeError):
+            transport.write("text")
+        transport.write_eof()
+        with pytest.raises(RuntimeError):
+            transport.write(b"after eof")
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_writes_after_connection_lost_warn(loop, caplog):
+    async def main():
+        server, transport, _ = await _pair(1)
+        transport.abort()
+        await asyncio.sleep(0.01)
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            for _ in range(8):
+                transport.write(b"x")
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert "socket.send() raised exception." in caplog.text
