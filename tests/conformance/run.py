@@ -124,6 +124,13 @@ CI_MODULES = (
     "test_context",
     "test_runners",
     "test_threads",
+    # networking (issue 3)
+    "test_events",
+    "test_streams",
+    "test_sock_lowlevel",
+    "test_server",
+    "test_sendfile",
+    "test_buffered_proto",
 )
 
 STOCK, FERRO = "stock", "ferroloop"
