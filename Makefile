@@ -16,14 +16,14 @@ test: test-main test-others
 
 test-main: dev
 	$(PYTHON) -m pytest -q
-	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py
+	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py
 	$(PYTHON) tests/conformance/run.py --ci --all
 
 test-others:
 	@for v in $(OTHER_PYS); do \
-		echo "== CPython $$v: tutorial programs and core tests"; \
+		echo "== CPython $$v: the whole suite and CPython's test_asyncio"; \
 		scripts/venv.sh $$v requirements/test.txt requirements/net.txt || exit 1; \
-		.venvs/$$v/bin/python -m pytest -q tests/test_examples.py tests/test_loop_core.py tests/test_signals.py || exit 1; \
+		.venvs/$$v/bin/python -m pytest -q || exit 1; \
 		.venvs/$$v/bin/python tests/conformance/run.py --ci --all || exit 1; \
 	done
 

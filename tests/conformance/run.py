@@ -718,12 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description="Run CPython's test.test_asyncio modules on the stock loop and on "
                     "ferroloop and report the regressions.")
+    ap.add_argument("--ci", action="store_true",
+                    help="exit 1 on any regression not listed in expected_failures.txt; "
+                         "alone, runs the CI module set")
     sel = ap.add_mutually_exclusive_group()
-    sel.add_argument("--ci", action="store_true",
-                     help="the CI module set; exit 1 on any regression not listed in "
-                          "expected_failures.txt")
-    sel.add_argument("--modules", help="comma-separated test_asyncio modules (report only)")
-    sel.add_argument("--all", action="store_true", help="every test_asyncio module (report only)")
+    sel.add_argument("--modules", help="comma-separated test_asyncio modules")
+    sel.add_argument("--all", action="store_true", help="every test_asyncio module")
     ap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 2,
                     help="worker processes at a time (default: CPU count)")
     ap.add_argument("--timeout", type=float, default=30.0,
@@ -779,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     expected = load_expected(opts.expected)
     strict = opts.ci
     if opts.total_timeout is None and opts.ci:
-        opts.total_timeout = 480.0
+        opts.total_timeout = 900.0 if opts.all else 480.0
     opts.deadline = (time.monotonic() + opts.total_timeout) if opts.total_timeout else None
 
     py = f"CPython {platform.python_version()} ({sys.executable})"
