@@ -342,9 +342,12 @@ def run_http(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             return {"error": f"wrong response: {status} {body[:40]!r}"}
         if args.http_warmup > 0:
             run_wrk(port, args.http_warmup, args.http_conns, args.http_threads)
-        cpu0 = micro_proc_cpu(p.pid)
+        cpu0, m0, self0 = micro_proc_cpu(p.pid), machine_cpu(), time.process_time()
+        t0 = time.monotonic()
         text, wrk_cpu = run_wrk(port, args.http_duration, args.http_conns, args.http_threads)
-        cpu1 = micro_proc_cpu(p.pid)
+        cpu1, m1 = micro_proc_cpu(p.pid), machine_cpu()
+        ours = (cpu1 - cpu0) / 1e9 + wrk_cpu + (time.process_time() - self0)
+        foreign = max(0.0, (m1[0] - m0[0]) - ours) / (time.monotonic() - t0)
         if p.poll() is not None:
             err.seek(0)
             return {"error": "uvicorn exited during the run: " + last_line(err.read())}
@@ -353,6 +356,7 @@ def run_http(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         d["server_cpu_per_req_us"] = (cpu1 - cpu0) / 1e3 / d["requests"] if d["requests"] else None
         d["server_util"] = d["server_cpu_s"] / d["seconds"]
         d["client_util"] = wrk_cpu / d["seconds"]
+        d["foreign_cpu"], d["steal_cpu"] = foreign, (m1[1] - m0[1]) / d["seconds"]
         if d.get("non_2xx") or d.get("socket_errors"):  # wrk prints these lines only if any
             d["warning"] = f"non-2xx: {d.get('non_2xx', 0)}; {d.get('socket_errors', '')}"
         return d
@@ -925,6 +929,16 @@ def main() -> None:
         for d in ds
         if "foreign_cpu" in d
     ]
+    hforeign = sorted(d["foreign_cpu"] for ds in http.values() for d in ds if "foreign_cpu" in d)
+    if hforeign:
+        info["foreign_cpu_http"] = {"median": statistics.median(hforeign), "max": hforeign[-1]}
+        hmed = statistics.median(hforeign)
+        extra.insert(
+            0,
+            ("WARNING: " if hmed > 0.1 else "")
+            + f"other processes used {hmed:.2f} of a CPU (median over uvicorn runs; max "
+            f"{hforeign[-1]:.2f}) during the wrk measurements",
+        )
     if foreign:
         fs = sorted(f for f, _ in foreign)
         st = statistics.median(x for _, x in foreign)
