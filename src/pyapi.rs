@@ -66,3 +66,14 @@ pub fn may_have_weakrefs(obj: &Bound<'_, PyAny>) -> bool {
         !(*head).is_null()
     }
 }
+
+/// The bytes of a C-contiguous buffer view, borrowed for as long as the view is held.
+#[inline]
+pub fn buffer_bytes(view: &pyo3::buffer::PyUntypedBuffer) -> &[u8] {
+    debug_assert!(view.is_c_contiguous());
+    // SAFETY: a held view pins its exporter's memory (bytearray refuses to resize while
+    // exported, and every exporter keeps the memory alive until release); the view is
+    // C-contiguous (checked by the caller), so `buf_ptr()..+len_bytes()` is one readable
+    // block, and the borrow cannot outlive `view`.
+    unsafe { std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes()) }
+}

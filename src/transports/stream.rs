@@ -12,6 +12,7 @@ use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, Shutdown};
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{
     PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
 };
@@ -24,6 +25,7 @@ use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
+use crate::pyapi;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -104,17 +106,18 @@ fn is_fatal_to_loop(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
-/// The bytes of a bytes-like object: borrowed for `bytes`, copied otherwise.
+/// The bytes of a bytes-like object, borrowed: `bytes` directly, `bytearray` and
+/// `memoryview` through a buffer view (copied only when not C-contiguous).
 enum Data<'py> {
     Bytes(Bound<'py, PyBytes>),
-    Owned(Vec<u8>),
+    View(PyUntypedBuffer),
 }
 
 impl Data<'_> {
     fn as_slice(&self) -> &[u8] {
         match self {
             Data::Bytes(b) => b.as_bytes(),
-            Data::Owned(v) => v,
+            Data::View(v) => pyapi::buffer_bytes(v),
         }
     }
 }
@@ -123,11 +126,13 @@ fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Option<Data<'py>>> {
     if let Ok(b) = data.cast::<PyBytes>() {
         return Ok(Some(Data::Bytes(b.clone())));
     }
-    if let Ok(b) = data.cast::<PyByteArray>() {
-        return Ok(Some(Data::Owned(b.to_vec())));
-    }
-    if data.is_instance_of::<PyMemoryView>() {
-        // Any contiguous or not, any item format: its bytes, as socket.send sees them.
+    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
+        let view = PyUntypedBuffer::get(data)?;
+        if view.is_c_contiguous() {
+            return Ok(Some(Data::View(view)));
+        }
+        // A strided memoryview: sent as its bytes in order (asyncio's send() would fail
+        // on it with BufferError and close the transport; writing it is more useful).
         let bytes = data.call_method0("tobytes")?;
         return Ok(Some(Data::Bytes(bytes.cast_into::<PyBytes>()?)));
     }
