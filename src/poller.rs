@@ -4,7 +4,7 @@
 //! iteration while the fd stays readable; mio's edge-triggered epoll would need an extra
 //! `epoll_ctl` per event to give the same contract.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -130,9 +130,5 @@ impl Poller {
     pub fn drain_waker(&self) {
         let _ = self.waker.read();
         self.woken.store(false, Ordering::SeqCst);
-    }
-
-    pub fn epoll_fd(&self) -> RawFd {
-        self.epoll.0.as_raw_fd()
     }
 }

@@ -546,28 +546,6 @@ impl LoopCore {
         self.get_task_factory(py)
     }
 
-    /// Number of callbacks waiting in the ready queue.
-    #[getter(_ready_count)]
-    fn ready_count(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).ready.len()
-    }
-
-    /// Number of timers in the heap, cancelled ones included (asyncio's `len(_scheduled)`).
-    #[getter(_timer_count)]
-    fn timer_count(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).timers.len()
-    }
-
-    /// The poller's epoll fd, or -1 once closed.
-    #[getter(_poller_fd)]
-    fn poller_fd(&self, py: Python<'_>) -> i32 {
-        self.st
-            .borrow(py)
-            .poller
-            .as_ref()
-            .map_or(-1, |p| p.epoll_fd())
-    }
-
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         let Ok(st) = self.st.try_borrow_for_gc(&visit) else {
             return Ok(());

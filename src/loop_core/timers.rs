@@ -66,10 +66,6 @@ impl Timers {
         });
     }
 
-    pub(crate) fn len(&self) -> usize {
-        self.heap.len()
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
