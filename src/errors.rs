@@ -1,12 +1,19 @@
 //! Conversions from OS errors to the exact Python exceptions asyncio raises.
 
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::exceptions::{
+    PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
 
 /// `OSError(errno, strerror)`: Python picks the subclass (PermissionError, …) from errno.
 pub fn os_error(err: nix::Error) -> PyErr {
     PyOSError::new_err((err as i32, err.desc()))
+}
+
+/// KeyboardInterrupt and SystemExit leave the loop; asyncio reports every other error.
+pub fn propagates(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
 }
 
 pub fn closed_error() -> PyErr {

@@ -77,3 +77,21 @@ pub fn buffer_bytes(view: &pyo3::buffer::PyUntypedBuffer) -> &[u8] {
     // block, and the borrow cannot outlive `view`.
     unsafe { std::slice::from_raw_parts(view.buf_ptr().cast::<u8>(), view.len_bytes()) }
 }
+
+/// `module.name`, imported once and kept in `cell` (for functions and types, which
+/// code does not replace at run time).
+pub fn cached_attr<'py>(
+    py: Python<'py>,
+    cell: &'static pyo3::sync::PyOnceLock<Py<PyAny>>,
+    module: &str,
+    name: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || py.import(module)?.getattr(name).map(Bound::unbind))
+        .map(|obj| obj.bind(py).clone())
+}
+
+/// `asyncio.log.logger`, looked up on each use so that code and tests that replace it see
+/// ferroloop's messages (only cold paths log).
+pub fn asyncio_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("asyncio.log")?.getattr("logger")
+}

@@ -1,6 +1,5 @@
 //! `Handle` and `TimerHandle`: asyncio's callback handles, with its public API.
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use pyo3::prelude::*;
@@ -10,6 +9,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::LoopCore;
+use crate::errors;
 use crate::gil_cell::GilCell;
 use crate::pyapi;
 
@@ -73,25 +73,17 @@ pub struct TimerHandle {
 static EXTRACT_STACK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static FORMAT_CALLBACK_SOURCE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn helper<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    name: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    cell.get_or_try_init(py, || {
-        py.import("asyncio.format_helpers")?
-            .getattr(name)
-            .map(Bound::unbind)
-    })
-    .map(|f| f.bind(py).clone())
-}
-
 /// `format_helpers.extract_stack(sys._getframe(0))`: the stack of the Python caller.
 pub(crate) fn source_traceback(py: Python<'_>) -> PyResult<Py<PyAny>> {
     let frame = py.import("sys")?.call_method1("_getframe", (0,))?;
-    Ok(helper(py, &EXTRACT_STACK, "extract_stack")?
-        .call1((frame,))?
-        .unbind())
+    Ok(pyapi::cached_attr(
+        py,
+        &EXTRACT_STACK,
+        "asyncio.format_helpers",
+        "extract_stack",
+    )?
+    .call1((frame,))?
+    .unbind())
 }
 
 /// `format_helpers._format_callback_source(callback, args)` (with `debug=` on 3.13+).
@@ -101,7 +93,12 @@ pub(crate) fn format_callback_source(
     args: &Bound<'_, PyAny>,
     debug: bool,
 ) -> PyResult<String> {
-    let f = helper(py, &FORMAT_CALLBACK_SOURCE, "_format_callback_source")?;
+    let f = pyapi::cached_attr(
+        py,
+        &FORMAT_CALLBACK_SOURCE,
+        "asyncio.format_helpers",
+        "_format_callback_source",
+    )?;
     let out = if py.version_info() >= (3, 13) {
         let kw = PyDict::new(py);
         kw.set_item("debug", debug)?;
@@ -165,7 +162,7 @@ impl Handle {
         err: PyErr,
     ) -> PyResult<()> {
         let py = slf.py();
-        if err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py) {
+        if errors::propagates(py, &err) {
             return Err(err);
         }
         let (loop_, tb) = {

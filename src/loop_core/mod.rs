@@ -55,17 +55,6 @@ const HANDLE_POOL_MAX: usize = 4096;
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn asyncio_attr<'py>(
-    py: Python<'py>,
-    cell: &'static PyOnceLock<Py<PyAny>>,
-    name: &str,
-) -> PyResult<Bound<'py, PyAny>> {
-    cell.get_or_try_init(py, || {
-        py.import("asyncio")?.getattr(name).map(Bound::unbind)
-    })
-    .map(|t| t.bind(py).clone())
-}
-
 impl LoopCore {
     #[inline]
     pub(crate) fn debug(&self, py: Python<'_>) -> bool {
@@ -475,7 +464,7 @@ impl LoopCore {
         let py = slf.py();
         let kwargs = PyDict::new(py);
         kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
-        asyncio_attr(py, &FUTURE_TYPE, "Future")?.call((), Some(&kwargs))
+        pyapi::cached_attr(py, &FUTURE_TYPE, "asyncio", "Future")?.call((), Some(&kwargs))
     }
 
     #[pyo3(signature = (coro, *, name=None, context=None))]
@@ -518,7 +507,7 @@ impl LoopCore {
         if let Some(ctx) = context {
             kwargs.set_item(pyo3::intern!(py, "context"), ctx)?;
         }
-        asyncio_attr(py, &TASK_TYPE, "Task")?.call((coro,), Some(&kwargs))
+        pyapi::cached_attr(py, &TASK_TYPE, "asyncio", "Task")?.call((coro,), Some(&kwargs))
     }
 
     fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {

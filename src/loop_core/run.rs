@@ -17,7 +17,6 @@ use crate::pyapi;
 const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
 
 static FORMAT_HANDLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl LoopCore {
     pub(crate) fn run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -220,19 +219,10 @@ impl LoopCore {
         result?;
         let slow: f64 = slf.getattr("slow_callback_duration")?.extract()?;
         if dt >= slow {
-            let format = FORMAT_HANDLE.get_or_try_init(py, || {
-                py.import("asyncio.base_events")?
-                    .getattr("_format_handle")
-                    .map(Bound::unbind)
-            })?;
-            let logger = LOGGER.get_or_try_init(py, || {
-                py.import("asyncio.log")?
-                    .getattr("logger")
-                    .map(Bound::unbind)
-            })?;
-            let what = format.bind(py).call1((handle,))?;
-            logger
-                .bind(py)
+            let format =
+                pyapi::cached_attr(py, &FORMAT_HANDLE, "asyncio.base_events", "_format_handle")?;
+            let what = format.call1((handle,))?;
+            pyapi::asyncio_logger(py)?
                 .call_method1("warning", ("Executing %s took %.3f seconds", what, dt))?;
         }
         Ok(())

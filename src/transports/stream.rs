@@ -13,15 +13,13 @@ use std::os::fd::RawFd;
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, Shutdown};
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyRuntimeError, PySystemExit, PyTypeError, PyValueError,
-};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::errors::os_error;
+use crate::errors::{self, os_error};
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
@@ -94,16 +92,8 @@ static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = protocol.py();
-    let cls = BUFFERED_PROTOCOL.get_or_try_init(py, || {
-        py.import("asyncio")?
-            .getattr("BufferedProtocol")
-            .map(Bound::unbind)
-    })?;
-    protocol.is_instance(cls.bind(py))
-}
-
-fn is_fatal_to_loop(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PyKeyboardInterrupt>(py) || err.is_instance_of::<PySystemExit>(py)
+    let cls = pyapi::cached_attr(py, &BUFFERED_PROTOCOL, "asyncio", "BufferedProtocol")?;
+    protocol.is_instance(&cls)
 }
 
 /// The bytes of a bytes-like object, borrowed: `bytes` directly, `bytearray` and
@@ -214,7 +204,7 @@ impl StreamTransport {
     /// handler; then the transport is closed.
     fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
         let py = slf.py();
-        if is_fatal_to_loop(py, &err) {
+        if errors::propagates(py, &err) {
             return Err(err);
         }
         let exc = err.into_value(py).into_any();
@@ -222,7 +212,7 @@ impl StreamTransport {
         if let Some(lp) = slf.get().loop_of(py) {
             if is_os_error {
                 if slf.get().debug(py) {
-                    let logger = py.import("asyncio.log")?.getattr("logger")?;
+                    let logger = pyapi::asyncio_logger(py)?;
                     let kw = PyDict::new(py);
                     kw.set_item("exc_info", exc.bind(py))?;
                     logger.call_method(
@@ -232,15 +222,27 @@ impl StreamTransport {
                     )?;
                 }
             } else {
-                let ctx = PyDict::new(py);
-                ctx.set_item("message", message)?;
-                ctx.set_item("exception", exc.bind(py))?;
-                ctx.set_item("transport", slf.get().owner(py))?;
-                ctx.set_item("protocol", slf.get().protocol(py))?;
-                lp.call_method1("call_exception_handler", (ctx,))?;
+                Self::report(slf, &lp, message, exc.bind(py))?;
             }
         }
         Self::force_close(slf, Some(exc.bind(py)))
+    }
+
+    /// The loop's exception handler, with asyncio's context keys for a transport.
+    fn report(
+        slf: &Bound<'_, Self>,
+        lp: &Bound<'_, LoopCore>,
+        message: &str,
+        exc: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let ctx = PyDict::new(py);
+        ctx.set_item("message", message)?;
+        ctx.set_item("exception", exc)?;
+        ctx.set_item("transport", slf.get().owner(py))?;
+        ctx.set_item("protocol", slf.get().protocol(py))?;
+        lp.call_method1("call_exception_handler", (ctx,))?;
+        Ok(())
     }
 
     fn force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
@@ -311,16 +313,17 @@ impl StreamTransport {
             return Ok(());
         };
         if let Err(err) = protocol.call_method0(method) {
-            if is_fatal_to_loop(py, &err) {
+            if errors::propagates(py, &err) {
                 return Err(err);
             }
             if let Some(lp) = slf.get().loop_of(py) {
-                let ctx = PyDict::new(py);
-                ctx.set_item("message", format!("protocol.{method}() failed"))?;
-                ctx.set_item("exception", err.into_value(py))?;
-                ctx.set_item("transport", slf.get().owner(py))?;
-                ctx.set_item("protocol", protocol)?;
-                lp.call_method1("call_exception_handler", (ctx,))?;
+                let exc = err.into_value(py).into_any();
+                Self::report(
+                    slf,
+                    &lp,
+                    &format!("protocol.{method}() failed"),
+                    exc.bind(py),
+                )?;
             }
         }
         Ok(())
@@ -331,6 +334,7 @@ impl StreamTransport {
     fn send_or_buffer(slf: &Bound<'_, Self>, chunks: &[Data<'_>]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
         {
             let mut st = this.st.borrow_mut(py);
             if st.eof {
@@ -343,7 +347,6 @@ impl StreamTransport {
                     "unable to write; sendfile is in progress",
                 ));
             }
-            let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
             if total == 0 {
                 return Ok(());
             }
@@ -352,8 +355,7 @@ impl StreamTransport {
                 st.conn_lost += 1;
                 drop(st);
                 if warn {
-                    py.import("asyncio.log")?
-                        .getattr("logger")?
+                    pyapi::asyncio_logger(py)?
                         .call_method1("warning", ("socket.send() raised exception.",))?;
                 }
                 return Ok(());
@@ -386,7 +388,6 @@ impl StreamTransport {
                 }
             }
         }
-        let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
         if sent == total {
             return Ok(());
         }
@@ -413,8 +414,7 @@ impl StreamTransport {
         let py = slf.py();
         let this = slf.get();
         if this.debug(py) {
-            py.import("asyncio.log")?
-                .getattr("logger")?
+            pyapi::asyncio_logger(py)?
                 .call_method1("debug", ("%r received EOF", this.owner(py)))?;
         }
         let Some(protocol) = this.protocol(py) else {
@@ -800,8 +800,7 @@ impl StreamTransport {
         slf.get().st.borrow_mut(py).paused = true;
         slf.get().remove_io(py, Dir::Read)?;
         if slf.get().debug(py) {
-            py.import("asyncio.log")?
-                .getattr("logger")?
+            pyapi::asyncio_logger(py)?
                 .call_method1("debug", ("%r pauses reading", slf.get().owner(py)))?;
         }
         Ok(())
@@ -818,8 +817,7 @@ impl StreamTransport {
         }
         Self::add_io(slf, Dir::Read)?;
         if slf.get().debug(py) {
-            py.import("asyncio.log")?
-                .getattr("logger")?
+            pyapi::asyncio_logger(py)?
                 .call_method1("debug", ("%r resumes reading", slf.get().owner(py)))?;
         }
         Ok(())
