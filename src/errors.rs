@@ -8,7 +8,17 @@ use pyo3::types::PyInt;
 
 /// `OSError(errno, strerror)`: Python picks the subclass (PermissionError, …) from errno.
 pub fn os_error(err: nix::Error) -> PyErr {
-    PyOSError::new_err((err as i32, err.desc()))
+    PyOSError::new_err((err as i32, strerror(err as i32)))
+}
+
+/// The C library's message for `errno`, as Python's own OSErrors carry it.
+fn strerror(errno: i32) -> String {
+    let full = std::io::Error::from_raw_os_error(errno).to_string();
+    // std appends " (os error N)" to strerror_r's text.
+    match full.rfind(" (os error ") {
+        Some(i) => full[..i].to_owned(),
+        None => full,
+    }
 }
 
 /// KeyboardInterrupt and SystemExit leave the loop; asyncio reports every other error.

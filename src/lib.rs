@@ -6,6 +6,7 @@ mod gil_cell;
 pub(crate) mod loop_core;
 mod poller;
 mod pyapi;
+mod sock_ops;
 mod transports;
 
 use pyo3::prelude::*;
@@ -20,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
         ));
     }
     loop_core::init_pymodule(m)?;
-    transports::init_pymodule(m)
+    transports::init_pymodule(m)?;
+    sock_ops::init_pymodule(m)
 }

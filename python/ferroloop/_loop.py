@@ -162,6 +162,20 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
             self, host, port, family=family, type=type, proto=proto, flags=flags
         )
 
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        """Connect `sock` to `address`, resolving a host name first (asyncio's steps)."""
+        base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if sock.family == socket.AF_INET or (
+            base_events._HAS_IPv6 and sock.family == socket.AF_INET6  # type: ignore[attr-defined]
+        ):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type, proto=sock.proto, loop=self
+            )
+            _, _, _, _, address = resolved[0]
+        await self._sock_connect_resolved(sock, address)
+
     def _make_socket_transport(
         self,
         sock: socket.socket,

@@ -127,6 +127,15 @@ impl Handle {
         std::mem::replace(&mut *self.state.borrow_mut(py), HandleState::empty())
     }
 
+    /// Whether `obj` is this handle's callback (identity).
+    pub(crate) fn callback_is(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> bool {
+        self.state
+            .borrow(py)
+            .callback
+            .as_ref()
+            .is_some_and(|cb| cb.as_ptr() == obj.as_ptr())
+    }
+
     #[inline]
     pub(crate) fn is_cancelled(&self, py: Python<'_>) -> bool {
         self.state.borrow(py).cancelled
@@ -226,7 +235,7 @@ impl Handle {
         Ok(info)
     }
 
-    fn do_cancel(slf: &Bound<'_, Handle>) -> PyResult<()> {
+    pub(crate) fn do_cancel(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         let loop_ = {
             let mut s = slf.get().state.borrow_mut(py);

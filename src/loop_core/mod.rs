@@ -7,6 +7,7 @@ mod run;
 mod timers;
 
 use std::collections::VecDeque;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
@@ -20,6 +21,7 @@ use crate::errors::{closed_error, fileobj_to_fd, os_error};
 use crate::gil_cell::GilCell;
 use crate::poller::Poller;
 use crate::pyapi;
+use crate::sock_ops::{sock_call, Call, SockCall};
 use fds::{Dir, Fds};
 use handles::{Handle, HandleState, TimerHandle};
 use timers::Timers;
@@ -161,9 +163,21 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         dir: Dir,
     ) -> PyResult<Py<Handle>> {
+        slf.get().check_closed(slf.py())?;
+        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir)
+    }
+
+    /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
+    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
+    pub(crate) fn add_io_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        dir: Dir,
+    ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
-        let fd = fileobj_to_fd(fd)?;
         let handle = Py::new(
             py,
             Handle::new(Self::new_handle(slf, callback, args, None, None)?),
@@ -176,9 +190,39 @@ impl LoopCore {
                 .map_err(os_error)?
         };
         if let Some(old) = old {
-            old.bind(py).call_method0("cancel")?;
+            Handle::do_cancel(old.bind(py))?;
         }
         Ok(handle)
+    }
+
+    /// Stops watching `fd` for `dir` if the watcher there calls `owner` (so an operation
+    /// that finished, or was cancelled, never removes a watcher installed after it).
+    pub(crate) fn remove_io_owned_by(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        dir: Dir,
+        owner: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let old = {
+            let mut st = slf.get().st.borrow_mut(py);
+            let owned = st.fds.get(fd).is_some_and(|e| {
+                let slot = match dir {
+                    Dir::Read => &e.reader,
+                    Dir::Write => &e.writer,
+                };
+                slot.as_ref()
+                    .is_some_and(|h| h.get().callback_is(py, owner))
+            });
+            let Some(poller) = st.poller.clone().filter(|_| owned) else {
+                return Ok(());
+            };
+            st.fds.remove(&poller, fd, dir).map_err(os_error)?
+        };
+        if let Some(old) = old {
+            Handle::do_cancel(old.bind(py))?;
+        }
+        Ok(())
     }
 
     pub(crate) fn remove_io(
@@ -459,8 +503,72 @@ impl LoopCore {
         })
     }
 
+    fn sock_recv(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        n: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::Recv(n))
+    }
+
+    fn sock_recv_into(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        buf: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::RecvInto(buf))
+    }
+
+    fn sock_recvfrom(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        bufsize: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::RecvFrom(bufsize))
+    }
+
+    #[pyo3(signature = (sock, buf, nbytes=None))]
+    fn sock_recvfrom_into(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        buf: &Bound<'_, PyAny>,
+        nbytes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::RecvFromInto(buf, nbytes))
+    }
+
+    fn sock_sendall(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::SendAll(data))
+    }
+
+    fn sock_sendto(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        data: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::SendTo(data, address))
+    }
+
+    fn sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::Accept)
+    }
+
+    /// The connect step of `Loop.sock_connect`, once the address is resolved.
+    fn _sock_connect_resolved(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<SockCall>> {
+        sock_call(slf, sock, Call::Connect(address))
+    }
+
     /// `asyncio.Future(loop=self)`.
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let kwargs = PyDict::new(py);
         kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
