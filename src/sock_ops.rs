@@ -464,7 +464,15 @@ impl SockCall {
             }
             dir
         };
-        LoopCore::add_io_fd(lp, fd, slf.as_any(), &PyTuple::empty(py), dir)?;
+        let sock = slf
+            .get()
+            .st
+            .borrow(py)
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py));
+        let owner = sock.as_ref().map(|s| s.bind(py));
+        LoopCore::add_io_fd(lp, fd, slf.as_any(), &PyTuple::empty(py), dir, owner)?;
         // A bound method, not the call itself: in debug mode the future's call_soon
         // refuses coroutines as callbacks.
         let done = slf.getattr(pyo3::intern!(py, "_done"))?;
@@ -497,12 +505,35 @@ impl SockCall {
             Err(e) if errors::propagates(py, &e) => return Err(e),
             Err(e) => Err(e),
         };
-        Self::unwatch(slf)?;
+        match (&outcome, Self::parks(slf)) {
+            // Read, and more reads are likely on this socket: keep the poller's interest.
+            (Ok(_), Some(lp)) => {
+                LoopCore::park_reader(lp.bind(py), slf.get().st.borrow(py).fd, slf.as_any(), &sock)?
+            }
+            _ => Self::unwatch(slf)?,
+        }
         match outcome {
             Ok(v) => fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?,
             Err(e) => fut.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?,
         };
         Ok(())
+    }
+
+    /// The loop, if this call's reads may be parked: a reading call on a plain socket.
+    fn parks(slf: &Bound<'_, Self>) -> Option<Py<LoopCore>> {
+        let py = slf.py();
+        let st = slf.get().st.borrow(py);
+        let reads = matches!(
+            st.op,
+            Some(
+                Op::Recv(_) | Op::RecvInto(_) | Op::RecvFrom(_) | Op::RecvFromInto(..) | Op::Accept
+            )
+        );
+        if reads && st.native {
+            st.loop_.as_ref().map(|l| l.clone_ref(py))
+        } else {
+            None
+        }
     }
 
     fn unwatch(slf: &Bound<'_, Self>) -> PyResult<()> {

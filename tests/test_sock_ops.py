@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import os
 import socket
 import ssl
 import sys
@@ -406,5 +407,74 @@ def test_task_repr_and_stack_with_a_socket_call(loop):
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
+
+    run(loop, main())
+
+
+def test_fd_number_reused_after_close(loop):
+    """A finished call on a socket that is then closed leaves nothing that confuses a
+    new socket given the same fd number."""
+
+    async def main():
+        for _ in range(5):
+            csock, conn = await pair(loop)
+            fd = conn.fileno()
+            await loop.sock_sendall(csock, b"1")
+            assert await loop.sock_recv(conn, 10) == b"1"
+            conn.close()
+            csock.close()
+            csock, conn = await pair(loop)
+            if csock.fileno() == fd:
+                csock, conn = conn, csock
+            elif conn.fileno() != fd:
+                os.dup2(conn.fileno(), fd)  # fd is free: both old sockets are closed
+                conn.close()
+                conn = socket.socket(fileno=fd)
+            assert conn.fileno() == fd
+            with csock, conn:
+                conn.setblocking(False)
+                waiting = asyncio.create_task(loop.sock_recv(conn, 10))
+                await asyncio.sleep(0.01)
+                await loop.sock_sendall(csock, b"2")
+                assert await asyncio.wait_for(waiting, 5) == b"2"
+                conn.close()
+
+    run(loop, main())
+
+
+def test_unread_data_after_a_call_does_not_spin_the_loop(loop):
+    """Data arriving when no call waits is left alone, and the loop sleeps."""
+    import time
+
+    async def main():
+        csock, conn = await pair(loop)
+        with csock, conn:
+            await loop.sock_sendall(csock, b"a")
+            assert await loop.sock_recv(conn, 1) == b"a"
+            await loop.sock_sendall(csock, b"unread")
+            cpu = time.process_time()
+            await asyncio.sleep(0.3)
+            assert time.process_time() - cpu < 0.15
+            assert await loop.sock_recv(conn, 10) == b"unread"
+
+    run(loop, main())
+
+
+def test_transport_on_a_socket_used_by_calls(loop):
+    async def main():
+        csock, conn = await pair(loop)
+        with csock:
+            await loop.sock_sendall(csock, b"x")
+            assert await loop.sock_recv(conn, 1) == b"x"
+            got = asyncio.Queue()
+
+            class Proto(asyncio.Protocol):
+                def data_received(self, data):
+                    got.put_nowait(data)
+
+            transport, _ = await loop.connect_accepted_socket(Proto, conn)
+            await loop.sock_sendall(csock, b"via transport")
+            assert await asyncio.wait_for(got.get(), 5) == b"via transport"
+            transport.close()
 
     run(loop, main())

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple, PyWeakrefReference};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
@@ -164,17 +164,19 @@ impl LoopCore {
         dir: Dir,
     ) -> PyResult<Py<Handle>> {
         slf.get().check_closed(slf.py())?;
-        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir)
+        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir, None)
     }
 
     /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
-    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
+    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`). `owner`:
+    /// the socket of a socket call (see `Fds::add`).
     pub(crate) fn add_io_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         dir: Dir,
+        owner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
@@ -186,13 +188,38 @@ impl LoopCore {
             let mut st = slf.get().st.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
             st.fds
-                .add(&poller, fd, dir, handle.clone_ref(py))
+                .add(py, &poller, fd, dir, handle.clone_ref(py), owner)
                 .map_err(os_error)?
         };
         if let Some(old) = old {
             Handle::do_cancel(old.bind(py))?;
         }
         Ok(handle)
+    }
+
+    /// A socket call on `sock` finished reading: its reader (if it still calls `owner`)
+    /// goes, but the poller keeps watching, for the next call on the same socket.
+    pub(crate) fn park_reader(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        owner: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let owned = slf.get().st.borrow(py).fds.get(fd).is_some_and(|e| {
+            e.reader
+                .as_ref()
+                .is_some_and(|h| h.get().callback_is(py, owner))
+        });
+        if !owned {
+            return Ok(());
+        }
+        let weak = PyWeakrefReference::new(sock)?.into_any().unbind();
+        let old = slf.get().st.borrow_mut(py).fds.park_reader(fd, weak);
+        if let Some(old) = old {
+            Handle::do_cancel(old.bind(py))?;
+        }
+        Ok(())
     }
 
     /// Stops watching `fd` for `dir` if the watcher there calls `owner` (so an operation
@@ -654,6 +681,9 @@ impl LoopCore {
             .chain(st.handle_pool.iter())
         {
             visit.call(h)?;
+        }
+        for w in st.fds.parked() {
+            visit.call(w)?;
         }
         for t in st.timers.iter().chain(st.timer_pool.iter()) {
             visit.call(t)?;
