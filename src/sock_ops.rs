@@ -40,6 +40,9 @@ static SSL_SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// Reads of at least this size are made straight into a new bytes object; smaller ones
 /// go through the thread's reusable buffer and are copied out.
 const BIG_READ: usize = 16 * 1024;
+/// The largest read made straight into a bytes object: below glibc's default mmap
+/// threshold (128 KiB), so the allocation comes from the heap.
+const DIRECT_MAX: usize = 120 * 1024;
 /// The reusable buffer's size (asyncio's transports read up to 256 KiB at once).
 pub(crate) const READ_BUF_SIZE: usize = 256 * 1024;
 
@@ -57,18 +60,30 @@ unsafe extern "C" {
 }
 
 /// `recv(fd, at most n)` into a new bytes object: `Ok(None)` when the socket would block
-/// (or the call was interrupted), `Err(errno)` on failure. Big reads (by the last read on
-/// this thread) are made into a bytes object of `n` bytes shrunk to what arrived, as
-/// `socket.recv` does; small ones into the shared buffer, then copied.
+/// (or the call was interrupted), `Err(errno)` on failure.
+///
+/// Small reads go through the thread's reusable buffer and are copied out. After a big
+/// read, the next one asks the kernel how much is queued (FIONREAD) and receives it
+/// straight into a bytes object of that size: no copy, and no over-sized allocation to
+/// shrink (a 256 KiB malloc per read is served by mmap and page-faulted each time).
 pub(crate) fn recv_bytes(
     py: Python<'_>,
     fd: RawFd,
     n: usize,
 ) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
-    let got = if n >= BIG_READ && LAST_READ_BIG.get() {
-        recv_direct(py, fd, n)?
+    let queued = if n >= BIG_READ && LAST_READ_BIG.get() {
+        let mut avail: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to the pointer we pass.
+        let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
+        usize::try_from(avail)
+            .ok()
+            .filter(|&a| r == 0 && a >= BIG_READ)
     } else {
-        READ_BUF.with(|buf| {
+        None
+    };
+    let got = match queued {
+        Some(avail) if avail.min(n) <= DIRECT_MAX => recv_direct(py, fd, avail.min(n))?,
+        _ => READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let cap = n.min(buf.len());
             // SAFETY: `buf` is a live, writable allocation of at least `cap` bytes.
@@ -77,7 +92,7 @@ pub(crate) fn recv_bytes(
                 Ok(k) => Ok(Some(PyBytes::new(py, &buf[..k]))),
                 Err(_) => Err(Errno::last()),
             }
-        })
+        }),
     };
     let got = match got {
         Ok(b) => b,
@@ -120,6 +135,18 @@ fn recv_direct(
     // SAFETY: `obj` is a valid bytes object whose one reference we hand over.
     let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
     Ok(Ok(Some(bytes)))
+}
+
+/// recv(2) straight into `buf` if it is a writable C-contiguous buffer (None otherwise).
+pub(crate) fn recv_into_buffer(fd: RawFd, buf: &Bound<'_, PyAny>) -> Option<Result<usize, Errno>> {
+    let view = PyUntypedBuffer::get(buf).ok()?;
+    if view.readonly() || !view.is_c_contiguous() {
+        return None;
+    }
+    // SAFETY: a held, writable, C-contiguous view: `len_bytes()` writable bytes at
+    // `buf_ptr()`, pinned while `view` lives.
+    let r = unsafe { libc::recv(fd, view.buf_ptr(), view.len_bytes(), 0) };
+    Some(usize::try_from(r).map_err(|_| Errno::last()))
 }
 
 /// The operation a `SockCall` performs.
@@ -265,19 +292,11 @@ impl SockCall {
             Op::RecvInto(buf) => {
                 let buf = buf.bind(py);
                 if native {
-                    if let Ok(view) = PyUntypedBuffer::get(buf) {
-                        if !view.readonly() && view.is_c_contiguous() {
-                            // SAFETY: a held, writable, C-contiguous view: `len_bytes()`
-                            // writable bytes at `buf_ptr()`, pinned while `view` lives.
-                            let r = unsafe { libc::recv(fd, view.buf_ptr(), view.len_bytes(), 0) };
-                            return match usize::try_from(r) {
-                                Ok(k) => Ok(Attempt::Done(PyInt::new(py, k).into_any())),
-                                Err(_) => match Errno::last() {
-                                    Errno::EAGAIN | Errno::EINTR => Ok(Attempt::WouldBlock),
-                                    e => Err(os_error(e)),
-                                },
-                            };
-                        }
+                    match recv_into_buffer(fd, buf) {
+                        Some(Ok(k)) => return Ok(Attempt::Done(PyInt::new(py, k).into_any())),
+                        Some(Err(Errno::EAGAIN | Errno::EINTR)) => return Ok(Attempt::WouldBlock),
+                        Some(Err(e)) => return Err(os_error(e)),
+                        None => {}
                     }
                 }
                 // Anything else: the socket's own method (and its TypeError, if any).

@@ -6,7 +6,6 @@
 //! call into Rust. Reads and writes happen here; protocol callbacks are called from the
 //! loop's run step, through the handles of the fd registry.
 
-use std::cell::RefCell;
 use std::io::IoSlice;
 use std::os::fd::RawFd;
 
@@ -24,6 +23,7 @@ use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
 use crate::pyapi;
+use crate::sock_ops;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -33,11 +33,6 @@ const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
 const IOV_MAX: usize = 1024;
 /// asyncio's default high-water mark; the low one is a quarter of it.
 const DEFAULT_HIGH_WATER: usize = 64 * 1024;
-
-thread_local! {
-    // One read buffer per loop thread, reused by every transport: no allocation per read.
-    static READ_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_READ]);
-}
 
 struct StreamState {
     loop_: Option<Py<LoopCore>>,
@@ -439,15 +434,7 @@ impl StreamTransport {
     fn read_data_received(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let read = READ_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            match socket::recv(this.fd, &mut buf, MsgFlags::empty()) {
-                Ok(n) => Ok(Some(PyBytes::new(py, &buf[..n]))),
-                Err(Errno::EAGAIN) | Err(Errno::EINTR) => Ok(None),
-                Err(e) => Err(e),
-            }
-        });
-        let data = match read {
+        let data = match sock_ops::recv_bytes(py, this.fd, MAX_READ)? {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -496,22 +483,32 @@ impl StreamTransport {
                 )
             }
         };
-        // The protocol's own buffer is filled in place, through the socket object, as
-        // asyncio does (`sock.recv_into`), so any writable buffer type works.
-        let sock = this.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
-        let Some(sock) = sock else { return Ok(()) };
-        let nbytes = match sock
-            .bind(py)
-            .call_method1(pyo3::intern!(py, "recv_into"), (buf,))
-        {
-            Ok(n) => n.extract::<usize>()?,
-            Err(err) => {
-                if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
-                    || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+        // The protocol's own buffer is filled in place: by recv(2) when it is a writable
+        // C-contiguous buffer, else through the socket object as asyncio does
+        // (`sock.recv_into`), which takes any writable buffer or raises its TypeError.
+        let nbytes = match sock_ops::recv_into_buffer(this.fd, &buf) {
+            Some(Ok(n)) => n,
+            Some(Err(Errno::EAGAIN | Errno::EINTR)) => return Ok(()),
+            Some(Err(e)) => {
+                return Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")
+            }
+            None => {
+                let sock = this.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
+                let Some(sock) = sock else { return Ok(()) };
+                match sock
+                    .bind(py)
+                    .call_method1(pyo3::intern!(py, "recv_into"), (buf,))
                 {
-                    return Ok(());
+                    Ok(n) => n.extract::<usize>()?,
+                    Err(err) => {
+                        if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                            || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
+                        {
+                            return Ok(());
+                        }
+                        return Self::fatal_error(slf, err, "Fatal read error on socket transport");
+                    }
                 }
-                return Self::fatal_error(slf, err, "Fatal read error on socket transport");
             }
         };
         if nbytes == 0 {
