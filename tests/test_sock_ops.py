@@ -14,6 +14,7 @@ import sys
 import pytest
 
 LOCAL = "127.0.0.1"
+LINGER_0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends RST
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio 3.11+ API")
 
 
@@ -155,7 +156,8 @@ def test_sendall_accepts_buffer_types(loop):
         with csock, conn:
             # (Multi-byte item formats are left out: asyncio compares bytes sent with
             # len(data), in items, and never finishes.)
-            for data in (b"ab", bytearray(b"cd"), memoryview(b"xxefxx")[2:4], array.array("b", b"gh")):
+            chunks = (b"ab", bytearray(b"cd"), memoryview(b"xxefxx")[2:4], array.array("b", b"gh"))
+            for data in chunks:
                 await loop.sock_sendall(csock, data)
             await loop.sock_sendall(csock, b"")
             await asyncio.sleep(0.01)
@@ -171,7 +173,7 @@ def test_errors_come_from_the_socket(loop):
         csock, conn = await pair(loop)
         with csock:
             # Reset: SO_LINGER 0 then close sends RST.
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_0)
             conn.close()
             await asyncio.sleep(0.01)
             with pytest.raises(ConnectionResetError) as info:
@@ -192,7 +194,7 @@ def test_error_while_waiting_goes_to_the_awaiting_task(loop):
         with csock:
             waiting = asyncio.create_task(loop.sock_recv(csock, 10))
             await asyncio.sleep(0.01)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_0)
             conn.close()
             with pytest.raises(ConnectionResetError):
                 await waiting
@@ -270,7 +272,9 @@ def test_many_concurrent_calls(loop):
         try:
             readers = [asyncio.create_task(loop.sock_recv(conn, 100)) for _, conn in pairs]
             await asyncio.sleep(0.01)
-            await asyncio.gather(*(loop.sock_sendall(c, b"%d" % i) for i, (c, _) in enumerate(pairs)))
+            await asyncio.gather(
+                *(loop.sock_sendall(c, b"%d" % i) for i, (c, _) in enumerate(pairs))
+            )
             assert await asyncio.gather(*readers) == [b"%d" % i for i in range(50)]
         finally:
             for c, conn in pairs:

@@ -104,6 +104,7 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
     if TYPE_CHECKING:
         # Bound from asyncio's selector loop by bind_network_methods().
         _ensure_fd_no_transport: Callable[[Any], None]
+        _ensure_resolved: Callable[..., Any]
 
     def __init__(self) -> None:
         self._exception_handler = None
