@@ -5,8 +5,9 @@ Cold paths whose exact behaviour differs between CPython versions (run_until_com
 executors, the exception handler, async-generator shutdown, DNS) are CPython's own
 `BaseEventLoop` functions bound to this class, so each interpreter gets its own semantics.
 
-Networking, pipes and subprocesses are, for now, asyncio's own selector-loop code over the
-Rust poller (see `_network.py`); Rust transports replace them piece by piece.
+The stream transport and the `sock_*` calls are Rust (`SocketTransport`, `LoopCore.sock_*`);
+the rest of networking, pipes and subprocesses is asyncio's own selector-loop code over the
+Rust poller (see `_network.py`).
 """
 
 from __future__ import annotations
