@@ -48,13 +48,15 @@ impl Poller {
         })
     }
 
-    /// Sets the fd's interest; `known` says whether epoll already holds it.
+    /// Sets the fd's interest; `known` says whether epoll already holds it. `oneshot`:
+    /// the kernel disables the registration once it has reported an event.
     pub fn set_interest(
         &self,
         fd: RawFd,
         known: bool,
         readable: bool,
         writable: bool,
+        oneshot: bool,
     ) -> nix::Result<()> {
         // SAFETY: the fd is only borrowed for the duration of the epoll_ctl call; epoll
         // keeps no Rust reference to it, and a stale fd makes the call fail, not misbehave.
@@ -72,6 +74,9 @@ impl Poller {
         }
         if writable {
             flags |= EpollFlags::EPOLLOUT;
+        }
+        if oneshot {
+            flags |= EpollFlags::EPOLLONESHOT;
         }
         let event = EpollEvent::new(flags, fd as u64);
         if known {

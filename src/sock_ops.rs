@@ -71,18 +71,23 @@ pub(crate) fn recv_bytes(
     fd: RawFd,
     n: usize,
 ) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
-    let queued = if n >= BIG_READ && LAST_READ_BIG.get() {
+    let queued = if (n >= BIG_READ && LAST_READ_BIG.get()) || n > READ_BUF_SIZE {
         let mut avail: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int to the pointer we pass.
         let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut avail) };
-        usize::try_from(avail)
-            .ok()
-            .filter(|&a| r == 0 && a >= BIG_READ)
+        usize::try_from(avail).ok().filter(|_| r == 0)
     } else {
         None
     };
     let got = match queued {
-        Some(avail) if avail.min(n) <= DIRECT_MAX => recv_direct(py, fd, avail.min(n))?,
+        Some(avail) if avail >= BIG_READ && avail.min(n) <= DIRECT_MAX => {
+            recv_direct(py, fd, avail.min(n))?
+        }
+        // More than the shared buffer holds (FIONREAD gives a datagram's whole size, so
+        // none is cut short): into a bytes object of that size, as socket.recv would.
+        Some(avail) if avail > READ_BUF_SIZE && n > READ_BUF_SIZE => {
+            recv_direct(py, fd, avail.min(n))?
+        }
         _ => READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let cap = n.min(buf.len());
@@ -195,6 +200,8 @@ struct CallState {
     sock: Option<Py<PyAny>>,
     op: Option<Op>,
     stage: Stage,
+    /// What the call waits for, fixed at creation (the op is released when it ends).
+    dir: Dir,
     fd: RawFd,
     /// Plain non-blocking `socket.socket`: syscalls on the fd, not the socket's methods.
     native: bool,
@@ -241,6 +248,7 @@ impl SockCall {
                 st: GilCell::new(CallState {
                     loop_: Some(lp.clone().unbind()),
                     sock: Some(sock.clone().unbind()),
+                    dir: op.dir(),
                     op: Some(op),
                     stage: Stage::Start,
                     fd: -1,
@@ -378,8 +386,10 @@ impl SockCall {
                 let all = crate::pyapi::buffer_bytes(&view);
                 (send_native(fd, &all[pos.min(total)..])?, total)
             } else {
-                // The socket's own send, on a memoryview slice as asyncio's.
-                let rest = PyMemoryView::from(data)?.get_item(pyo3::types::PySlice::new(
+                // The socket's own send, on a byte-wise memoryview slice.
+                let bytes_view =
+                    PyMemoryView::from(data)?.call_method1(pyo3::intern!(py, "cast"), ("B",))?;
+                let rest = bytes_view.get_item(pyo3::types::PySlice::new(
                     py,
                     pos as isize,
                     isize::MAX,
@@ -483,15 +493,7 @@ impl SockCall {
             }
             dir
         };
-        let sock = slf
-            .get()
-            .st
-            .borrow(py)
-            .sock
-            .as_ref()
-            .map(|s| s.clone_ref(py));
-        let owner = sock.as_ref().map(|s| s.bind(py));
-        LoopCore::add_io_fd(lp, fd, slf.as_any(), &PyTuple::empty(py), dir, owner)?;
+        LoopCore::add_io_fd(lp, fd, slf.as_any(), &PyTuple::empty(py), dir, true)?;
         // A bound method, not the call itself: in debug mode the future's call_soon
         // refuses coroutines as callbacks.
         let done = slf.getattr(pyo3::intern!(py, "_done"))?;
@@ -519,16 +521,17 @@ impl SockCall {
             return Ok(());
         };
         let outcome = match Self::attempt(slf, &sock) {
-            Ok(Attempt::WouldBlock) => return Ok(()),
+            Ok(Attempt::WouldBlock) => return Self::rearm(slf),
             Ok(Attempt::Done(v)) => Ok(v),
-            Err(e) if errors::propagates(py, &e) => return Err(e),
+            Err(e) if errors::propagates(py, &e) => {
+                Self::rearm(slf)?;
+                return Err(e);
+            }
             Err(e) => Err(e),
         };
         match (&outcome, Self::parks(slf)) {
-            // Read, and more reads are likely on this socket: keep the poller's interest.
-            (Ok(_), Some(lp)) => {
-                LoopCore::park_reader(lp.bind(py), slf.get().st.borrow(py).fd, slf.as_any(), &sock)?
-            }
+            // More reads are likely on this socket: keep its registration, disabled.
+            (Ok(_), Some((lp, fd))) => LoopCore::park_reader(lp.bind(py), fd, slf.as_any())?,
             _ => Self::unwatch(slf)?,
         }
         match outcome {
@@ -538,21 +541,23 @@ impl SockCall {
         Ok(())
     }
 
-    /// The loop, if this call's reads may be parked: a reading call on a plain socket.
-    fn parks(slf: &Bound<'_, Self>) -> Option<Py<LoopCore>> {
+    /// The loop and fd, if this call's registration may be parked: a reading call.
+    fn parks(slf: &Bound<'_, Self>) -> Option<(Py<LoopCore>, RawFd)> {
         let py = slf.py();
         let st = slf.get().st.borrow(py);
-        let reads = matches!(
-            st.op,
-            Some(
-                Op::Recv(_) | Op::RecvInto(_) | Op::RecvFrom(_) | Op::RecvFromInto(..) | Op::Accept
-            )
-        );
-        if reads && st.native {
-            st.loop_.as_ref().map(|l| l.clone_ref(py))
-        } else {
-            None
+        if st.dir != Dir::Read {
+            return None;
         }
+        st.loop_.as_ref().map(|l| (l.clone_ref(py), st.fd))
+    }
+
+    /// Woke with nothing to do: wait again (a one-shot registration needs re-arming).
+    fn rearm(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let Some((lp, fd)) = Self::parks(slf) else {
+            return Ok(());
+        };
+        LoopCore::rearm_reader(lp.bind(py), fd, slf.as_any())
     }
 
     fn unwatch(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -562,11 +567,7 @@ impl SockCall {
             let Some(lp) = st.loop_.as_ref() else {
                 return Ok(());
             };
-            (
-                lp.clone_ref(py),
-                st.fd,
-                st.op.as_ref().map_or(Dir::Read, Op::dir),
-            )
+            (lp.clone_ref(py), st.fd, st.dir)
         };
         LoopCore::remove_io_owned_by(lp.bind(py), fd, dir, slf.as_any())
     }
@@ -583,6 +584,17 @@ impl SockCall {
             )
         };
         drop(released);
+    }
+
+    /// Ends the call from outside (`throw`, `close`): a pending wait stops watching.
+    fn abandon(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let waiting = matches!(slf.get().st.borrow(py).stage, Stage::Waiting(_));
+        slf.get().finish(py);
+        if waiting {
+            Self::unwatch(slf)?;
+        }
+        Ok(())
     }
 
     fn stop_iteration(v: Bound<'_, PyAny>) -> PyErr {
@@ -678,13 +690,12 @@ impl SockCall {
     /// future ends when an exception is thrown into it.
     #[pyo3(signature = (typ, val=None, tb=None))]
     fn throw(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         typ: &Bound<'_, PyAny>,
         val: Option<&Bound<'_, PyAny>>,
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        self.finish(py);
+        Self::abandon(slf)?;
         let exc = if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
             typ.clone()
         } else {
@@ -701,8 +712,8 @@ impl SockCall {
         Err(PyErr::from_value(exc))
     }
 
-    fn close(&self, py: Python<'_>) {
-        self.finish(py);
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Self::abandon(slf)
     }
 
     /// The I/O callback: the fd is ready.

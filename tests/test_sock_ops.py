@@ -482,3 +482,85 @@ def test_transport_on_a_socket_used_by_calls(loop):
             transport.close()
 
     run(loop, main())
+
+
+def _cpu_while_sleeping(seconds):
+    import time
+
+    async def measure():
+        cpu = time.process_time()
+        await asyncio.sleep(seconds)
+        return time.process_time() - cpu
+
+    return measure()
+
+
+def test_closed_socket_with_a_live_dup_does_not_spin_the_loop(loop):
+    """A socket read by a call, then closed while a dup of its fd lives on: data for
+    the dup must not keep waking the loop."""
+
+    async def main():
+        csock, conn = await pair(loop)
+        with csock:
+            await loop.sock_sendall(csock, b"a")
+            assert await loop.sock_recv(conn, 1) == b"a"
+            dup = conn.dup()
+            conn.close()
+            with dup:
+                await loop.sock_sendall(csock, b"unread by anyone")
+                assert await _cpu_while_sleeping(0.3) < 0.15
+
+    run(loop, main())
+
+
+def test_closing_a_waiting_write_call_stops_watching(loop):
+    """A sock_sendall coroutine closed while it waits (not cancelled through a task)
+    leaves no busy watcher behind."""
+
+    async def main():
+        csock, conn = await pair(loop)
+        with csock, conn:
+            call = loop.sock_sendall(csock, b"w" * (8 << 20))
+            fut = call.send(None)  # starts, fills the socket buffer, waits
+            assert isinstance(fut, asyncio.Future) and not fut.done()
+            call.close()
+            while True:  # drain whatever the loop still sends
+                try:
+                    await asyncio.wait_for(loop.sock_recv(conn, 1 << 20), 0.2)
+                except asyncio.TimeoutError:
+                    break
+            assert await _cpu_while_sleeping(0.3) < 0.15
+            assert not watched(loop, csock)
+            fut.cancel()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("family", ["unix", "udp"])
+def test_datagram_bigger_than_the_read_buffer_is_whole(loop, family):
+    if family == "udp":
+        a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        b.bind((LOCAL, 0))
+        size = 60_000
+    else:
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        for s in (a, b):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        size = 300_000
+    payload = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+
+    async def main():
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            waiting = asyncio.create_task(loop.sock_recv(b, 1 << 20))
+            await asyncio.sleep(0.01)
+            if family == "udp":
+                a.sendto(payload, b.getsockname())
+            else:
+                a.send(payload)
+            assert await waiting == payload
+
+    run(loop, main())

@@ -1,11 +1,17 @@
 //! The fd registry: which handle reads and which writes each fd watched by
-//! `add_reader`/`add_writer`, kept in step with the poller's interest set.
+//! `add_reader`/`add_writer` and the socket calls, kept in step with the poller.
+//!
+//! A socket call (`sock_recv`, …) that is an fd's only watcher is registered one-shot:
+//! the kernel disables the registration when it reports the event, so when the call
+//! finishes the registration is left in place, disabled ("parked"), and the next call
+//! re-arms it with one `epoll_ctl(MOD)` instead of an `ADD` and a `DEL` per call. A
+//! disabled registration never reports anything, so one that outlives its socket (a
+//! closed fd whose file lives on through a `dup`) cannot wake the loop.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
-use pyo3::types::PyWeakrefReference;
 
 use super::handles::Handle;
 use crate::poller::Poller;
@@ -14,15 +20,17 @@ use crate::poller::Poller;
 pub(crate) struct FdEntry {
     pub(crate) reader: Option<Py<Handle>>,
     pub(crate) writer: Option<Py<Handle>>,
-    /// Reads the poller still watches after a socket call finished (a weak reference
-    /// to its socket): the next call on the same socket takes them over without two
-    /// epoll_ctl calls. Anything else resynchronises the poller first.
-    parked: Option<Py<PyAny>>,
+    /// The registration is one-shot (a socket call's read, alone on the fd).
+    oneshot: bool,
+    /// No watcher, but the poller holds a disabled one-shot registration.
+    parked: bool,
 }
 
 #[derive(Default)]
 pub(crate) struct Fds {
     map: HashMap<RawFd, FdEntry>,
+    /// How many entries are parked.
+    parked: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -38,90 +46,82 @@ impl FdEntry {
             Dir::Write => &mut self.writer,
         }
     }
+
+    fn interest(&self) -> (bool, bool) {
+        (self.reader.is_some(), self.writer.is_some())
+    }
 }
 
 impl Fds {
+    /// Whether no fd has a watcher (parked registrations wait for nothing).
     pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == self.parked
     }
 
     pub(crate) fn get(&self, fd: RawFd) -> Option<&FdEntry> {
         self.map.get(&fd)
     }
 
-    /// Installs `handle` for `dir`, returning the handle it replaces. The poller is
-    /// updated first, so a failing `epoll_ctl` leaves the registry untouched.
-    /// `owner`, when given, is the socket a socket call watches for: it may take over
-    /// reads parked by an earlier call on the same socket object.
+    /// Installs `handle` for `dir`, returning the handle it replaces. `sock_call`: the
+    /// watcher is a socket call (registered one-shot when it reads alone). The poller
+    /// is updated first, so a failing `epoll_ctl` leaves the registry untouched.
     pub(crate) fn add(
         &mut self,
-        py: Python<'_>,
         poller: &Poller,
         fd: RawFd,
         dir: Dir,
         handle: Py<Handle>,
-        owner: Option<&Bound<'_, PyAny>>,
+        sock_call: bool,
     ) -> nix::Result<Option<Py<Handle>>> {
         let entry = self.map.get(&fd);
         let known = entry.is_some();
-        let (mut r, mut w) =
-            entry.map_or((false, false), |e| (e.reader.is_some(), e.writer.is_some()));
-        // Parked reads stay valid only for the socket object that parked them: it was
-        // open on this fd then and is open on it now (its fileno() was just read), so
-        // the poller still holds the registration.
-        let parked = entry.and_then(|e| e.parked.as_ref());
-        let same_owner = match (parked, owner) {
-            (Some(weak), Some(owner)) => weak
-                .bind(py)
-                .cast::<PyWeakrefReference>()
-                .ok()
-                .and_then(|w| w.upgrade())
-                .is_some_and(|o| o.is(owner)),
-            _ => false,
-        };
-        let had = (r || (parked.is_some() && same_owner), w);
+        let (mut r, mut w) = entry.map_or((false, false), FdEntry::interest);
         match dir {
             Dir::Read => r = true,
             Dir::Write => w = true,
         }
-        if same_owner && dir == Dir::Write {
-            r = true; // the parked reads stay
-        }
-        if (r, w) != had || (parked.is_some() && !same_owner) || !known {
-            poller.set_interest(fd, known, r, w)?;
-        }
+        let oneshot = sock_call && dir == Dir::Read && !w;
+        // A known fd gets MOD, which falls back to ADD when the registration is gone
+        // (the fd was closed and its number reused since it was parked).
+        poller.set_interest(fd, known, r, w, oneshot)?;
         let entry = self.map.entry(fd).or_default();
-        if !(same_owner && dir == Dir::Write) {
-            entry.parked = None;
+        entry.oneshot = oneshot;
+        if std::mem::take(&mut entry.parked) {
+            self.parked -= 1;
         }
         Ok(entry.slot(dir).replace(handle))
     }
 
-    /// Removes the reader, leaving the poller's interest in place for the next socket
-    /// call on `owner` (see `FdEntry::parked`). Returns the removed reader.
-    pub(crate) fn park_reader(&mut self, fd: RawFd, owner: Py<PyAny>) -> Option<Py<Handle>> {
-        let entry = self.map.get_mut(&fd)?;
-        let old = entry.reader.take();
-        entry.parked = Some(owner);
-        old
-    }
-
-    /// A parked fd became readable with no reader: the poller stops watching its reads.
-    /// Returns what it released, for the caller to drop outside any borrow.
-    pub(crate) fn unpark(&mut self, poller: &Poller, fd: RawFd) -> Option<Py<PyAny>> {
-        let entry = self.map.get_mut(&fd)?;
-        let parked = entry.parked.take()?;
-        let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
-        if !r && !w {
-            self.map.remove(&fd);
+    /// Re-enables the one-shot read registration of `fd` (its reader is still waiting).
+    pub(crate) fn rearm(&mut self, poller: &Poller, fd: RawFd) -> nix::Result<()> {
+        match self.map.get(&fd) {
+            Some(e) if e.oneshot && e.reader.is_some() => {
+                let (r, w) = e.interest();
+                poller.set_interest(fd, true, r, w, true)
+            }
+            _ => Ok(()),
         }
-        // The fd may be closed by now: that already took it out of the epoll set.
-        let _ = poller.set_interest(fd, true, r, w);
-        Some(parked)
     }
 
-    pub(crate) fn is_parked(&self, fd: RawFd) -> bool {
-        self.map.get(&fd).is_some_and(|e| e.parked.is_some())
+    /// A socket call's read finished: its reader goes. A one-shot registration has
+    /// reported its event and is disabled by now: it stays, parked, with no syscall.
+    /// Returns the removed reader.
+    pub(crate) fn park_reader(
+        &mut self,
+        poller: &Poller,
+        fd: RawFd,
+    ) -> nix::Result<Option<Py<Handle>>> {
+        let Some(entry) = self.map.get_mut(&fd) else {
+            return Ok(None);
+        };
+        if !entry.oneshot || entry.writer.is_some() {
+            return self.remove(poller, fd, Dir::Read);
+        }
+        if !entry.parked {
+            entry.parked = true;
+            self.parked += 1;
+        }
+        Ok(entry.reader.take())
     }
 
     /// Removes the handle for `dir`, if any, and returns it.
@@ -134,21 +134,27 @@ impl Fds {
         let Some(entry) = self.map.get_mut(&fd) else {
             return Ok(None);
         };
-        let unparked = dir == Dir::Read && entry.parked.take().is_some();
+        let was_parked = std::mem::take(&mut entry.parked);
+        if was_parked {
+            self.parked -= 1;
+        }
         let old = entry.slot(dir).take();
-        if old.is_none() && !unparked {
+        if old.is_none() && !was_parked {
             return Ok(None);
         }
-        let (r, w) = (entry.reader.is_some(), entry.writer.is_some());
+        let (r, w) = entry.interest();
         if !r && !w {
             self.map.remove(&fd);
+        } else {
+            entry.oneshot = false;
         }
-        poller.set_interest(fd, true, r, w)?;
+        poller.set_interest(fd, true, r, w, false)?;
         Ok(old)
     }
 
     /// Empties the registry; the caller drops what it returns once no borrow is held.
     pub(crate) fn take_all(&mut self) -> Vec<FdEntry> {
+        self.parked = 0;
         std::mem::take(&mut self.map).into_values().collect()
     }
 
@@ -157,9 +163,5 @@ impl Fds {
             .values()
             .flat_map(|e| [e.reader.as_ref(), e.writer.as_ref()])
             .flatten()
-    }
-
-    pub(crate) fn parked(&self) -> impl Iterator<Item = &Py<PyAny>> {
-        self.map.values().filter_map(|e| e.parked.as_ref())
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple, PyWeakrefReference};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
@@ -164,19 +164,19 @@ impl LoopCore {
         dir: Dir,
     ) -> PyResult<Py<Handle>> {
         slf.get().check_closed(slf.py())?;
-        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir, None)
+        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir, false)
     }
 
     /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
-    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`). `owner`:
-    /// the socket of a socket call (see `Fds::add`).
+    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
+    /// `sock_call`: the callback is a socket call (see `Fds`).
     pub(crate) fn add_io_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         dir: Dir,
-        owner: Option<&Bound<'_, PyAny>>,
+        sock_call: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
@@ -188,7 +188,7 @@ impl LoopCore {
             let mut st = slf.get().st.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
             st.fds
-                .add(py, &poller, fd, dir, handle.clone_ref(py), owner)
+                .add(&poller, fd, dir, handle.clone_ref(py), sock_call)
                 .map_err(os_error)?
         };
         if let Some(old) = old {
@@ -197,29 +197,57 @@ impl LoopCore {
         Ok(handle)
     }
 
-    /// A socket call on `sock` finished reading: its reader (if it still calls `owner`)
-    /// goes, but the poller keeps watching, for the next call on the same socket.
+    /// Whether the watcher of `fd` for `dir` calls `owner`.
+    fn watched_by(&self, py: Python<'_>, fd: RawFd, dir: Dir, owner: &Bound<'_, PyAny>) -> bool {
+        self.st.borrow(py).fds.get(fd).is_some_and(|e| {
+            let slot = match dir {
+                Dir::Read => &e.reader,
+                Dir::Write => &e.writer,
+            };
+            slot.as_ref()
+                .is_some_and(|h| h.get().callback_is(py, owner))
+        })
+    }
+
+    /// A socket call finished reading: its reader goes, its one-shot registration stays
+    /// parked for the next call (see `Fds`). Nothing if `owner` no longer reads `fd`.
     pub(crate) fn park_reader(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         owner: &Bound<'_, PyAny>,
-        sock: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let owned = slf.get().st.borrow(py).fds.get(fd).is_some_and(|e| {
-            e.reader
-                .as_ref()
-                .is_some_and(|h| h.get().callback_is(py, owner))
-        });
-        if !owned {
+        if !slf.get().watched_by(py, fd, Dir::Read, owner) {
             return Ok(());
         }
-        let weak = PyWeakrefReference::new(sock)?.into_any().unbind();
-        let old = slf.get().st.borrow_mut(py).fds.park_reader(fd, weak);
+        let old = {
+            let mut st = slf.get().st.borrow_mut(py);
+            let Some(poller) = st.poller.clone() else {
+                return Ok(());
+            };
+            st.fds.park_reader(&poller, fd).map_err(os_error)?
+        };
         if let Some(old) = old {
             Handle::do_cancel(old.bind(py))?;
         }
         Ok(())
+    }
+
+    /// A socket call woke for nothing (spurious readiness): re-arm its one-shot read.
+    pub(crate) fn rearm_reader(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        owner: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if !slf.get().watched_by(py, fd, Dir::Read, owner) {
+            return Ok(());
+        }
+        let mut st = slf.get().st.borrow_mut(py);
+        let Some(poller) = st.poller.clone() else {
+            return Ok(());
+        };
+        st.fds.rearm(&poller, fd).map_err(os_error)
     }
 
     /// Stops watching `fd` for `dir` if the watcher there calls `owner` (so an operation
@@ -231,17 +259,12 @@ impl LoopCore {
         owner: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
+        if !slf.get().watched_by(py, fd, dir, owner) {
+            return Ok(());
+        }
         let old = {
             let mut st = slf.get().st.borrow_mut(py);
-            let owned = st.fds.get(fd).is_some_and(|e| {
-                let slot = match dir {
-                    Dir::Read => &e.reader,
-                    Dir::Write => &e.writer,
-                };
-                slot.as_ref()
-                    .is_some_and(|h| h.get().callback_is(py, owner))
-            });
-            let Some(poller) = st.poller.clone().filter(|_| owned) else {
+            let Some(poller) = st.poller.clone() else {
                 return Ok(());
             };
             st.fds.remove(&poller, fd, dir).map_err(os_error)?
@@ -681,9 +704,6 @@ impl LoopCore {
             .chain(st.handle_pool.iter())
         {
             visit.call(h)?;
-        }
-        for w in st.fds.parked() {
-            visit.call(w)?;
         }
         for t in st.timers.iter().chain(st.timer_pool.iter()) {
             visit.call(t)?;

@@ -170,50 +170,32 @@ impl LoopCore {
         events: &[nix::sys::epoll::EpollEvent],
     ) {
         use nix::sys::epoll::EpollFlags;
-        let mut unpark = Vec::new();
-        {
-            let st = &mut *this.st.borrow_mut(py);
-            for ev in events {
-                let token = ev.data();
-                if token == WAKER_TOKEN {
-                    poller.drain_waker();
-                    continue;
-                }
-                let Some(entry) = st.fds.get(token as i32) else {
-                    continue;
-                };
-                // As selectors.EpollSelector: anything but EPOLLOUT wakes the reader,
-                // anything but EPOLLIN wakes the writer (so errors and hang-ups wake both).
-                let flags = ev.events();
-                let mut queue = |h: &Option<Py<Handle>>| {
-                    if let Some(h) = h {
-                        if !h.get().is_cancelled(py) {
-                            st.ready.push_back(h.clone_ref(py));
-                        }
-                    }
-                };
-                if flags.intersects(!EpollFlags::EPOLLOUT) {
-                    if entry.reader.is_none() && st.fds.is_parked(token as i32) {
-                        unpark.push(token as i32);
-                    }
-                    queue(&entry.reader);
-                }
-                if flags.intersects(!EpollFlags::EPOLLIN) {
-                    queue(&entry.writer);
-                }
+        let st = &mut *this.st.borrow_mut(py);
+        for ev in events {
+            let token = ev.data();
+            if token == WAKER_TOKEN {
+                poller.drain_waker();
+                continue;
             }
-        }
-        if !unpark.is_empty() {
-            // Readable with no socket call waiting: stop watching (level-triggered epoll
-            // would report it on every poll).
-            let released: Vec<_> = {
-                let st = &mut *this.st.borrow_mut(py);
-                unpark
-                    .into_iter()
-                    .filter_map(|fd| st.fds.unpark(poller, fd))
-                    .collect()
+            let Some(entry) = st.fds.get(token as i32) else {
+                continue;
             };
-            drop(released);
+            // As selectors.EpollSelector: anything but EPOLLOUT wakes the reader, anything
+            // but EPOLLIN wakes the writer (so errors and hang-ups wake both).
+            let flags = ev.events();
+            let mut queue = |h: &Option<Py<Handle>>| {
+                if let Some(h) = h {
+                    if !h.get().is_cancelled(py) {
+                        st.ready.push_back(h.clone_ref(py));
+                    }
+                }
+            };
+            if flags.intersects(!EpollFlags::EPOLLOUT) {
+                queue(&entry.reader);
+            }
+            if flags.intersects(!EpollFlags::EPOLLIN) {
+                queue(&entry.writer);
+            }
         }
     }
 
