@@ -564,3 +564,34 @@ def test_datagram_bigger_than_the_read_buffer_is_whole(loop, family):
             assert await waiting == payload
 
     run(loop, main())
+
+
+def test_no_objects_or_fds_left_behind(loop):
+    """Thousands of calls (waiting and immediate, some cancelled) and connections leave
+    no Python objects and no fds behind (the fixture checks fds at tear-down)."""
+    import gc
+
+    async def rounds(n):
+        for i in range(n):
+            csock, conn = await pair(loop)
+            with csock, conn:
+                reading = asyncio.create_task(loop.sock_recv(conn, 100))
+                await asyncio.sleep(0)
+                await loop.sock_sendall(csock, b"ping")
+                assert await reading == b"ping"
+                buf = bytearray(8)
+                await loop.sock_sendall(conn, b"pong")
+                assert await loop.sock_recv_into(csock, buf) == 4
+                if i % 3 == 0:
+                    t = asyncio.create_task(loop.sock_recv(conn, 1))
+                    await asyncio.sleep(0)
+                    t.cancel()
+                    with pytest.raises(asyncio.CancelledError):
+                        await t
+
+    run(loop, rounds(50))  # warm-up: caches, pools, lazily created objects
+    gc.collect()
+    before = len(gc.get_objects())
+    run(loop, rounds(500), timeout=120)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 200

@@ -109,23 +109,28 @@ impl LoopCore {
         ))
     }
 
-    fn schedule_soon(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
+    /// A handle for `state`: a recycled one if the pool has any, else a new one.
+    fn handle_for(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let mut st = slf.get().st.borrow_mut(py);
-        let handle = match st.handle_pool.pop() {
+        let pooled = slf.get().st.borrow_mut(py).handle_pool.pop();
+        match pooled {
             Some(handle) => {
                 // Recycled handles are empty: nothing to release from the old state.
                 let _empty = handle.get().rearm(py, state);
-                handle
+                Ok(handle)
             }
-            None => {
-                drop(st);
-                let handle = Py::new(py, Handle::new(state))?;
-                st = slf.get().st.borrow_mut(py);
-                handle
-            }
-        };
-        st.ready.push_back(handle.clone_ref(py));
+            None => Py::new(py, Handle::new(state)),
+        }
+    }
+
+    fn schedule_soon(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let handle = Self::handle_for(slf, state)?;
+        slf.get()
+            .st
+            .borrow_mut(py)
+            .ready
+            .push_back(handle.clone_ref(py));
         Ok(handle)
     }
 
@@ -180,10 +185,7 @@ impl LoopCore {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
-        let handle = Py::new(
-            py,
-            Handle::new(Self::new_handle(slf, callback, args, None, None)?),
-        )?;
+        let handle = Self::handle_for(slf, Self::new_handle(slf, callback, args, None, None)?)?;
         let old = {
             let mut st = slf.get().st.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
