@@ -2538,3 +2538,34 @@ def test_udp_endpoint_from_sock(loop):
         await asyncio.sleep(0)
 
     run(loop, main())
+
+
+@needs_313
+def test_server_keep_alive(loop):
+    """create_server(keep_alive=True) (3.13) turns SO_KEEPALIVE on for the listening
+    socket, so accepted connections have it too."""
+
+    async def main():
+        accepted = loop.create_future()
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                accepted.set_result(transport)
+
+        for keep_alive in (True, False):
+            accepted = loop.create_future()
+            server = await loop.create_server(Proto, LOCAL4, 0, keep_alive=keep_alive)
+            async with server:
+                lsock = server.sockets[0]
+                keepalive = lsock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+                assert bool(keepalive) is keep_alive
+                port = lsock.getsockname()[1]
+                tr, _ = await loop.create_connection(asyncio.Protocol, LOCAL4, port)
+                peer = await accepted
+                conn = peer.get_extra_info("socket")
+                keepalive = conn.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+                assert bool(keepalive) is keep_alive
+                tr.close()
+                peer.close()
+
+    run(loop, main())
