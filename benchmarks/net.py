@@ -64,7 +64,7 @@ APIS = [
     ("buffered", "BufferedProtocol"),
 ]
 SIZES = [1024, 10 * 1024, 100 * 1024]
-ALL_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop"]
+ALL_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop", "rsloop"]  # rsloop: when installed
 THIRD_PARTY = ("uvloop", "rloop", "rsloop")
 # uvicorn --loop values: an import string for a loop factory (uvicorn >= 0.36).
 UVICORN_LOOP = {
