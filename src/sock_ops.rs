@@ -642,6 +642,11 @@ impl SockCall {
         slf
     }
 
+    /// For `yield from` in generator-based coroutines, as native coroutines allow there.
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
     fn __next__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         Self::send(slf, &slf.py().None().into_bound(slf.py()))
     }

@@ -595,3 +595,24 @@ def test_no_objects_or_fds_left_behind(loop):
     run(loop, rounds(500), timeout=120)
     gc.collect()
     assert len(gc.get_objects()) - before < 200
+
+
+def test_awaitable_from_a_generator_based_coroutine(loop):
+    import types
+
+    @types.coroutine
+    def legacy(sock):
+        return (yield from loop.sock_recv(sock, 10))
+
+    async def main():
+        csock, conn = await pair(loop)
+        with csock, conn:
+            await loop.sock_sendall(csock, b"old style")
+            await asyncio.sleep(0.01)
+            assert await legacy(conn) == b"old style"
+            waiting = asyncio.ensure_future(legacy(conn))
+            await asyncio.sleep(0.01)
+            await loop.sock_sendall(csock, b"waited")
+            assert await waiting == b"waited"
+
+    run(loop, main())
