@@ -616,3 +616,53 @@ def test_awaitable_from_a_generator_based_coroutine(loop):
             assert await waiting == b"waited"
 
     run(loop, main())
+
+
+def test_unix_socket_calls(loop, tmp_path):
+    path = str(tmp_path / "s.sock")
+
+    async def main():
+        with socket.socket(socket.AF_UNIX) as lsock:
+            lsock.bind(path)
+            lsock.listen()
+            lsock.setblocking(False)
+            accepting = asyncio.create_task(loop.sock_accept(lsock))
+            with socket.socket(socket.AF_UNIX) as c:
+                c.setblocking(False)
+                await loop.sock_connect(c, path)
+                conn, _ = await accepting
+                with conn:
+                    await loop.sock_sendall(c, b"unix")
+                    assert await loop.sock_recv(conn, 10) == b"unix"
+            with socket.socket(socket.AF_UNIX) as c:
+                c.setblocking(False)
+                with pytest.raises(FileNotFoundError):
+                    await loop.sock_connect(c, path + ".missing")
+
+    run(loop, main())
+
+
+@needs_311
+def test_datagram_call_errors_come_from_the_socket(loop):
+    async def main():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((LOCAL, 0))
+            s.setblocking(False)
+            with pytest.raises(ValueError):
+                await loop.sock_recvfrom_into(s, bytearray(4), 10)  # nbytes > len(buf)
+            with pytest.raises(TypeError):
+                await loop.sock_sendto(s, "text", s.getsockname())
+
+    run(loop, main())
+
+
+def test_accept_on_a_closed_listener(loop):
+    async def main():
+        lsock = socket.socket()
+        lsock.setblocking(False)
+        lsock.close()
+        with pytest.raises(OSError) as info:
+            await loop.sock_accept(lsock)
+        assert info.value.errno == errno.EBADF
+
+    run(loop, main())
