@@ -1,14 +1,15 @@
 """Real networking software on the stock loop (the oracle) and on ferroloop.
 
-aiohttp's web server and client, and uvicorn serving a plain ASGI app, run unchanged on the
-loop under test (the `loop` fixture: every test runs once per loop, and fails if the loop
-leaked file descriptors). Everything listens on 127.0.0.1 with a port the kernel picks;
-nothing leaves the machine. Every payload is checked in full, byte for byte, and every test
-also fails if anything reached the loop's exception handler (an unclosed session or
-transport, a task's lost exception).
+aiohttp's web server and client, uvicorn serving a plain ASGI app, httpx's client, anyio's
+TCP streams, task groups and threads, and a websockets server and client run unchanged on
+the loop under test (the `loop` fixture: every test runs once per loop, and fails if the
+loop leaked file descriptors). Everything listens on 127.0.0.1 with a port the kernel
+picks; nothing leaves the machine. Every payload is checked in full, byte for byte, and
+every test also fails if anything reached the loop's exception handler (an unclosed
+session or transport, a task's lost exception).
 
-aiohttp and uvicorn come from requirements/net.txt: without them this module fails to
-import (a collection error), it never skips.
+aiohttp, uvicorn, httpx, anyio and websockets come from requirements/net.txt: without them
+this module fails to import (a collection error), it never skips.
 """
 
 from __future__ import annotations
@@ -33,8 +34,14 @@ import pytest
 
 try:
     import aiohttp
+    import anyio
+    import anyio.abc
+    import httpx
     import uvicorn
+    import websockets
     from aiohttp import web
+    from websockets.asyncio.client import connect as ws_connect
+    from websockets.asyncio.server import serve as ws_serve
 except ImportError as exc:  # fail loudly: the test command installs requirements/net.txt
     raise ImportError(f"{exc}; install them: pip install -r requirements/net.txt") from exc
 
@@ -460,3 +467,115 @@ def test_uvicorn_cli_loop_option(
     returncode, log = run(loop, main())
     assert returncode == 0, log
     assert "Shutting down" in log and "Finished server process" in log, log
+
+
+# --- httpx and anyio --------------------------------------------------------------------
+
+
+def test_httpx_client(loop: asyncio.AbstractEventLoop) -> None:
+    """httpx's AsyncClient (over anyio and httpcore) against a local aiohttp server."""
+    async def echo(request: web.Request) -> web.Response:
+        data = await request.read()
+        return web.json_response(
+            {"method": request.method, "len": len(data), "sha": hashlib.sha256(data).hexdigest(),
+             "q": request.query.get("q")}
+        )
+
+    app = web.Application(client_max_size=4 * MIB)
+    app.router.add_route("*", "/echo", echo)
+    body = _random_bytes(MIB, seed=7)
+
+    async def main() -> None:
+        async with serving(app) as base, httpx.AsyncClient(base_url=base) as client:
+            r = await client.get("/echo", params={"q": "ß"})
+            assert r.status_code == 200
+            assert r.json() == {"method": "GET", "len": 0, "sha": hashlib.sha256().hexdigest(),
+                                "q": "ß"}
+            r = await client.post("/echo", content=body)
+            assert r.json()["len"] == MIB
+            assert r.json()["sha"] == hashlib.sha256(body).hexdigest()
+            many = await asyncio.gather(*(client.get("/echo", params={"q": str(i)})
+                                          for i in range(50)))
+            assert [m.json()["q"] for m in many] == [str(i) for i in range(50)]
+            with pytest.raises(httpx.ConnectError):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    port = probe.getsockname()[1]
+                await client.get(f"http://127.0.0.1:{port}/")
+
+    run(loop, main())
+
+
+def test_anyio_tcp_streams_and_threads(loop: asyncio.AbstractEventLoop) -> None:
+    """anyio's asyncio backend on the running loop: a TCP listener and clients in a task
+    group, a cancel scope with a deadline, and a worker thread."""
+    payload = _random_bytes(256 * 1024, seed=3)
+
+    async def handle(stream: Any) -> None:
+        async with stream:
+            got = b""
+            while len(got) < len(payload):
+                got += await stream.receive()
+            await stream.send(hashlib.sha256(got).digest())
+
+    async def main() -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, handle)
+
+            async def client() -> bytes:
+                async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+                    await stream.send(payload)
+                    return await stream.receive()
+
+            digests = await asyncio.gather(*(client() for _ in range(8)))
+            assert digests == [hashlib.sha256(payload).digest()] * 8
+
+            with anyio.move_on_after(0.05) as scope:
+                await anyio.sleep(10)
+            assert scope.cancelled_caught
+            assert await anyio.to_thread.run_sync(sum, range(10)) == 45
+            tg.cancel_scope.cancel()
+
+    run(loop, main())
+
+
+def test_websockets_server_and_client(loop: asyncio.AbstractEventLoop) -> None:
+    """The websockets library's asyncio server and client: text, 1 MiB binary, ping, and
+    the close handshake with a code and reason."""
+    blob = _random_bytes(MIB, seed=11)
+
+    async def handler(ws: Any) -> None:
+        async for message in ws:
+            if isinstance(message, str):
+                await ws.send(message[::-1])
+            elif message == b"bye":
+                await ws.close(code=4001, reason="done")
+                return
+            else:
+                await ws.send(hashlib.sha256(message).digest())
+
+    async def main() -> None:
+        async with ws_serve(handler, "127.0.0.1", 0, max_size=4 * MIB) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with ws_connect(f"ws://127.0.0.1:{port}", max_size=4 * MIB) as ws:
+                await ws.send("héllo")
+                assert await ws.recv() == "olléh"
+                await ws.send(blob)
+                assert await ws.recv() == hashlib.sha256(blob).digest()
+                latency = await (await ws.ping())
+                assert latency >= 0
+                replies = []
+                for i in range(100):
+                    await ws.send(f"m{i}")
+                for _ in range(100):
+                    replies.append(await ws.recv())
+                assert replies == [f"m{i}"[::-1] for i in range(100)]
+                await ws.send(b"bye")
+                with pytest.raises(websockets.ConnectionClosed):
+                    await ws.recv()
+                assert ws.close_code == 4001
+                assert ws.close_reason == "done"
+
+    run(loop, main())
