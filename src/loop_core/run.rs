@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
 use super::handles::{Handle, TimerHandle};
-use super::{LoopCore, HANDLE_POOL_MAX};
+use super::{LoopCore, HANDLE_POOL_MAX, TIMER_POOL_MAX};
 use crate::clock;
 use crate::errors::os_error;
 use crate::poller::{Waited, WAKER_TOKEN};
@@ -90,7 +90,7 @@ impl LoopCore {
             let st = this.st.borrow(py);
             let full = match timer {
                 None => st.handle_pool.len() >= HANDLE_POOL_MAX,
-                Some(_) => st.timer_pool.len() >= HANDLE_POOL_MAX,
+                Some(_) => st.timer_pool.len() >= TIMER_POOL_MAX,
             };
             if full {
                 return;
