@@ -154,8 +154,8 @@ pub(crate) fn recv_into_buffer(fd: RawFd, buf: &Bound<'_, PyAny>) -> Option<Resu
     Some(usize::try_from(r).map_err(|_| Errno::last()))
 }
 
-/// The operation a `SockCall` performs.
-enum Op {
+/// The operation a `SockCall` performs (`LoopCore`'s `sock_*` methods build one).
+pub(crate) enum Op {
     Recv(Py<PyAny>),
     RecvInto(Py<PyAny>),
     RecvFrom(Py<PyAny>),
@@ -170,6 +170,20 @@ enum Op {
 }
 
 impl Op {
+    /// The loop method that made the call (for reprs and asyncio's task names).
+    fn name(&self) -> &'static str {
+        match self {
+            Op::Recv(_) => "sock_recv",
+            Op::RecvInto(_) => "sock_recv_into",
+            Op::RecvFrom(_) => "sock_recvfrom",
+            Op::RecvFromInto(..) => "sock_recvfrom_into",
+            Op::SendAll(..) => "sock_sendall",
+            Op::SendTo(..) => "sock_sendto",
+            Op::Connect(..) => "sock_connect",
+            Op::Accept => "sock_accept",
+        }
+    }
+
     fn dir(&self) -> Dir {
         match self {
             Op::SendAll(..) | Op::SendTo(..) | Op::Connect(..) => Dir::Write,
@@ -234,17 +248,16 @@ fn would_block<'py>(py: Python<'py>, r: PyResult<Bound<'py, PyAny>>) -> PyResult
 }
 
 impl SockCall {
-    fn new(
-        py: Python<'_>,
+    /// A call of `op` on `sock`; nothing runs until it is awaited.
+    pub(crate) fn create(
         lp: &Bound<'_, LoopCore>,
         sock: &Bound<'_, PyAny>,
         op: Op,
-        name: &'static str,
     ) -> PyResult<Py<SockCall>> {
         Py::new(
-            py,
+            lp.py(),
             SockCall {
-                name,
+                name: op.name(),
                 st: GilCell::new(CallState {
                     loop_: Some(lp.clone().unbind()),
                     sock: Some(sock.clone().unbind()),
@@ -479,7 +492,7 @@ impl SockCall {
         ensure_fd_no_transport(lp, fd)?;
         let dir = {
             let mut st = slf.get().st.borrow_mut(py);
-            let dir = st.op.as_ref().map_or(Dir::Read, Op::dir);
+            let dir = st.dir;
             if let Some(Op::SendAll(data, _)) = &mut st.op {
                 // Pin the caller's buffer while we wait, as asyncio's memoryview does.
                 if !data.bind(py).is_instance_of::<PyBytes>() {
@@ -795,41 +808,6 @@ impl SockCall {
             drop(lp);
         });
     }
-}
-
-/// The `sock_*` calls `LoopCore` hands out (see its methods); nothing runs until awaited.
-pub(crate) enum Call<'a, 'py> {
-    Recv(&'a Bound<'py, PyAny>),
-    RecvInto(&'a Bound<'py, PyAny>),
-    RecvFrom(&'a Bound<'py, PyAny>),
-    RecvFromInto(&'a Bound<'py, PyAny>, Option<&'a Bound<'py, PyAny>>),
-    SendAll(&'a Bound<'py, PyAny>),
-    SendTo(&'a Bound<'py, PyAny>, &'a Bound<'py, PyAny>),
-    Accept,
-    Connect(&'a Bound<'py, PyAny>),
-}
-
-pub(crate) fn sock_call(
-    lp: &Bound<'_, LoopCore>,
-    sock: &Bound<'_, PyAny>,
-    call: Call<'_, '_>,
-) -> PyResult<Py<SockCall>> {
-    let py = lp.py();
-    let own = |o: &Bound<'_, PyAny>| o.clone().unbind();
-    let (op, name) = match call {
-        Call::Recv(n) => (Op::Recv(own(n)), "sock_recv"),
-        Call::RecvInto(buf) => (Op::RecvInto(own(buf)), "sock_recv_into"),
-        Call::RecvFrom(n) => (Op::RecvFrom(own(n)), "sock_recvfrom"),
-        Call::RecvFromInto(buf, n) => {
-            let n = n.map_or_else(|| PyInt::new(py, 0).into_any().unbind(), own);
-            (Op::RecvFromInto(own(buf), n), "sock_recvfrom_into")
-        }
-        Call::SendAll(data) => (Op::SendAll(own(data), 0), "sock_sendall"),
-        Call::SendTo(data, addr) => (Op::SendTo(own(data), own(addr)), "sock_sendto"),
-        Call::Accept => (Op::Accept, "sock_accept"),
-        Call::Connect(addr) => (Op::Connect(own(addr), false), "sock_connect"),
-    };
-    SockCall::new(py, lp, sock, op, name)
 }
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -21,7 +21,7 @@ use crate::errors::{closed_error, fileobj_to_fd, os_error};
 use crate::gil_cell::GilCell;
 use crate::poller::Poller;
 use crate::pyapi;
-use crate::sock_ops::{sock_call, Call, SockCall};
+use crate::sock_ops::{Op, SockCall};
 use fds::{Dir, Fds};
 use handles::{Handle, HandleState, TimerHandle};
 use timers::Timers;
@@ -224,8 +224,23 @@ impl LoopCore {
         fd: RawFd,
         owner: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
+        Self::drop_watcher_of(slf, fd, Dir::Read, owner, |fds, poller| {
+            fds.park_reader(poller, fd)
+        })
+    }
+
+    /// Takes `owner`'s watcher of `fd` for `dir` out of the registry with `take` (which
+    /// updates the poller), then cancels it. Nothing if the watcher there is someone
+    /// else's by now.
+    fn drop_watcher_of(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        dir: Dir,
+        owner: &Bound<'_, PyAny>,
+        take: impl FnOnce(&mut Fds, &Poller) -> nix::Result<Option<Py<Handle>>>,
+    ) -> PyResult<()> {
         let py = slf.py();
-        if !slf.get().watched_by(py, fd, Dir::Read, owner) {
+        if !slf.get().watched_by(py, fd, dir, owner) {
             return Ok(());
         }
         let old = {
@@ -233,7 +248,7 @@ impl LoopCore {
             let Some(poller) = st.poller.clone() else {
                 return Ok(());
             };
-            st.fds.park_reader(&poller, fd).map_err(os_error)?
+            take(&mut st.fds, &poller).map_err(os_error)?
         };
         if let Some(old) = old {
             Handle::do_cancel(old.bind(py))?;
@@ -266,21 +281,9 @@ impl LoopCore {
         dir: Dir,
         owner: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        if !slf.get().watched_by(py, fd, dir, owner) {
-            return Ok(());
-        }
-        let old = {
-            let mut st = slf.get().st.borrow_mut(py);
-            let Some(poller) = st.poller.clone() else {
-                return Ok(());
-            };
-            st.fds.remove(&poller, fd, dir).map_err(os_error)?
-        };
-        if let Some(old) = old {
-            Handle::do_cancel(old.bind(py))?;
-        }
-        Ok(())
+        Self::drop_watcher_of(slf, fd, dir, owner, |fds, poller| {
+            fds.remove(poller, fd, dir)
+        })
     }
 
     pub(crate) fn remove_io(
@@ -566,7 +569,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         n: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::Recv(n))
+        SockCall::create(slf, sock, Op::Recv(n.clone().unbind()))
     }
 
     fn sock_recv_into(
@@ -574,7 +577,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         buf: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::RecvInto(buf))
+        SockCall::create(slf, sock, Op::RecvInto(buf.clone().unbind()))
     }
 
     fn sock_recvfrom(
@@ -582,7 +585,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         bufsize: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::RecvFrom(bufsize))
+        SockCall::create(slf, sock, Op::RecvFrom(bufsize.clone().unbind()))
     }
 
     #[pyo3(signature = (sock, buf, nbytes=None))]
@@ -592,7 +595,11 @@ impl LoopCore {
         buf: &Bound<'_, PyAny>,
         nbytes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::RecvFromInto(buf, nbytes))
+        let nbytes = match nbytes {
+            Some(n) => n.clone().unbind(),
+            None => PyInt::new(slf.py(), 0).into_any().unbind(),
+        };
+        SockCall::create(slf, sock, Op::RecvFromInto(buf.clone().unbind(), nbytes))
     }
 
     fn sock_sendall(
@@ -600,7 +607,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         data: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::SendAll(data))
+        SockCall::create(slf, sock, Op::SendAll(data.clone().unbind(), 0))
     }
 
     fn sock_sendto(
@@ -609,11 +616,15 @@ impl LoopCore {
         data: &Bound<'_, PyAny>,
         address: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::SendTo(data, address))
+        SockCall::create(
+            slf,
+            sock,
+            Op::SendTo(data.clone().unbind(), address.clone().unbind()),
+        )
     }
 
     fn sock_accept(slf: &Bound<'_, Self>, sock: &Bound<'_, PyAny>) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::Accept)
+        SockCall::create(slf, sock, Op::Accept)
     }
 
     /// The connect step of `Loop.sock_connect`, once the address is resolved.
@@ -622,7 +633,7 @@ impl LoopCore {
         sock: &Bound<'_, PyAny>,
         address: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        sock_call(slf, sock, Call::Connect(address))
+        SockCall::create(slf, sock, Op::Connect(address.clone().unbind(), false))
     }
 
     /// `asyncio.Future(loop=self)`.
