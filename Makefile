@@ -1,10 +1,12 @@
 # The project's contract: CI and the README call these targets.
 PY ?= 3.11
 VENV := .venvs/$(PY)
-PYTHON := $(VENV)/bin/python
-OTHER_PYS := 3.10 3.12 3.13
+# scripts/py.sh runs a venv's python, inside the sid chroot for 3.14 and 3.15.
+PYTHON := scripts/py.sh $(PY)
+OTHER_PYS := 3.10 3.12 3.13 3.14 3.15
+ALL_PYS := 3.10 3.11 3.12 3.13 3.14 3.15
 
-.PHONY: dev run test test-main test-others conformance bench lint clean
+.PHONY: dev run test test-main test-others wheels conformance bench lint clean
 
 dev:
 	@scripts/venv.sh $(PY) requirements/test.txt requirements/net.txt
@@ -23,9 +25,18 @@ test-others:
 	@for v in $(OTHER_PYS); do \
 		echo "== CPython $$v: the whole suite and CPython's test_asyncio"; \
 		scripts/venv.sh $$v requirements/test.txt requirements/net.txt || exit 1; \
-		.venvs/$$v/bin/python -m pytest -q || exit 1; \
-		.venvs/$$v/bin/python tests/conformance/run.py --ci --all || exit 1; \
+		scripts/py.sh $$v -m pytest -q || exit 1; \
+		scripts/py.sh $$v tests/conformance/run.py --ci --all || exit 1; \
 	done
+
+# One wheel per supported interpreter, into dist/.
+wheels:
+	@for v in $(ALL_PYS); do \
+		scripts/venv.sh $$v || exit 1; \
+		scripts/py.sh $$v -m maturin build --release -q -o dist \
+			--target-dir target/py$$v -i .venvs/$$v/bin/python || exit 1; \
+	done
+	@ls dist/*.whl
 
 conformance: dev
 	$(PYTHON) tests/conformance/run.py

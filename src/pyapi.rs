@@ -95,3 +95,12 @@ pub fn cached_attr<'py>(
 pub fn asyncio_logger(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     py.import("asyncio.log")?.getattr("logger")
 }
+
+/// The interpreter's `(major, minor, micro)`, read once.
+pub fn version(py: Python<'_>) -> (u8, u8, u8) {
+    static VERSION: std::sync::OnceLock<(u8, u8, u8)> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        let v = py.version_info();
+        (v.major, v.minor, v.patch)
+    })
+}

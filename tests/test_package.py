@@ -11,6 +11,7 @@ import asyncio
 import gc
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ import pytest
 
 PY311 = sys.version_info >= (3, 11)
 PY312 = sys.version_info >= (3, 12)
+POLICY_DEPRECATED = sys.version_info >= (3, 14)
 FAR = 10.0
 
 
@@ -87,7 +89,8 @@ def test_run_propagates_exception(run):
 
 
 def test_run_rejects_non_coroutine(run):
-    with pytest.raises(ValueError):
+    # 3.14's Runner.run takes any awaitable, and rejects the rest with TypeError.
+    with pytest.raises(TypeError if sys.version_info >= (3, 14) else ValueError):
         run(42)
 
 
@@ -261,11 +264,16 @@ def test_subclass_overrides_are_used(loop_factory):
 
 
 def test_ferroloop_only_all_names_exist():
-    """FERROLOOP ONLY: the package's public names."""
-    assert set(ferroloop.__all__) == {"EventLoopPolicy", "Loop", "install", "new_event_loop", "run"}
+    """FERROLOOP ONLY: the package's public names (the policy's only before 3.14, where
+    asyncio drops its own policy names from `asyncio.__all__`)."""
+    names = {"Loop", "install", "new_event_loop", "run"}
+    if not POLICY_DEPRECATED:
+        names.add("EventLoopPolicy")
+    assert set(ferroloop.__all__) == names
     for name in ferroloop.__all__:
         assert getattr(ferroloop, name) is not None
     assert isinstance(ferroloop.__version__, str)
+    assert ("DefaultEventLoopPolicy" in asyncio.__all__) == (not POLICY_DEPRECATED)
 
 
 def test_ferroloop_only_new_event_loop_and_loop_class():
@@ -314,13 +322,67 @@ def test_ferroloop_only_policy_new_event_loop():
         lp.close()
 
 
-@pytest.mark.skipif(sys.version_info >= (3, 14), reason="3.14 deprecates the policy system")
+@pytest.mark.skipif(POLICY_DEPRECATED, reason="3.14 deprecates the policy system")
 def test_ferroloop_only_no_deprecation_warning_before_314(restore_policy):
     """FERROLOOP ONLY: install()/EventLoopPolicy warn only where asyncio deprecates policies."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         ferroloop.install()
         ferroloop.EventLoopPolicy()
+
+
+@pytest.mark.skipif(not POLICY_DEPRECATED, reason="asyncio deprecates policies from 3.14 on")
+def test_ferroloop_only_policy_api_warns_where_asyncio_does(restore_policy):
+    """FERROLOOP ONLY: on 3.14+, naming the policy class and install() warn, as naming
+    asyncio.DefaultEventLoopPolicy and calling set_event_loop_policy() do (the oracle);
+    making an instance of a class already named does not warn, in both."""
+    with pytest.warns(DeprecationWarning, match="asyncio.DefaultEventLoopPolicy"):
+        stock = asyncio.DefaultEventLoopPolicy
+    with pytest.warns(DeprecationWarning, match="ferroloop.EventLoopPolicy"):
+        ours = ferroloop.EventLoopPolicy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        stock()
+        ours()
+    with pytest.warns(DeprecationWarning, match="set_event_loop_policy"):
+        asyncio.set_event_loop_policy(stock())
+    with pytest.warns(DeprecationWarning, match="ferroloop.install") as record:
+        ferroloop.install()
+    assert len(record) == 1
+    assert record[0].filename == __file__  # attributed to the caller
+
+
+NO_WARNING_SCRIPT = """
+import asyncio, warnings
+warnings.simplefilter("error")
+import ferroloop
+
+async def main():
+    await asyncio.sleep(0)
+    return asyncio.get_running_loop()
+
+assert isinstance(ferroloop.run(main()), ferroloop.Loop)
+loop = ferroloop.new_event_loop()
+assert loop.run_until_complete(main()) is loop
+loop.close()
+if hasattr(asyncio, "Runner"):
+    with asyncio.Runner(loop_factory=ferroloop.new_event_loop) as runner:
+        assert isinstance(runner.run(main()), ferroloop.Loop)
+print("clean")
+"""
+
+
+def test_ferroloop_only_no_warning_without_deprecated_api(tmp_path):
+    """FERROLOOP ONLY: importing ferroloop, run(), new_event_loop() and a Runner with its
+    factory warn about nothing, on every version (warnings are errors here)."""
+    script = tmp_path / "clean.py"
+    script.write_text(NO_WARNING_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, "-W", "error", str(script)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "clean\n"
+    assert out.stderr == ""
 
 
 def test_ferroloop_only_typing_files():

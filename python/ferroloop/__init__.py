@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from . import _policy
 from ._loop import Loop
-from ._policy import EventLoopPolicy, install
+from ._policy import install
 from ._run import new_event_loop, run
 
 __version__ = "0.1.0"
 
-__all__ = ("EventLoopPolicy", "Loop", "install", "new_event_loop", "run")
+__all__: tuple[str, ...] = ("Loop", "install", "new_event_loop", "run")
+
+if TYPE_CHECKING or not _policy.POLICY_DEPRECATED:
+    from ._policy import EventLoopPolicy
+
+    __all__ += ("EventLoopPolicy",)
+else:
+
+    def __getattr__(name: str) -> Any:
+        # 3.14+: naming `ferroloop.EventLoopPolicy` warns, as naming
+        # `asyncio.DefaultEventLoopPolicy` does (asyncio's module __getattr__ too).
+        if name == "EventLoopPolicy":
+            _policy.warn_policy_named(stacklevel=2)
+            return _policy.EventLoopPolicy
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

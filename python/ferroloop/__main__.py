@@ -14,7 +14,8 @@ import runpy
 import sys
 import types
 
-from ._policy import install
+from ._policy import POLICY_DEPRECATED, install
+from ._run import new_event_loop
 
 USAGE = "usage: python -m ferroloop (script.py | -m module) [args ...]"
 
@@ -68,11 +69,28 @@ def _run_module(argv: list[str]) -> None:
     runpy._run_module_as_main(argv[0], alter_argv=True)  # type: ignore[attr-defined]
 
 
+def use_ferroloop() -> None:
+    """Make ferroloop the loop that the program's asyncio creates by default."""
+    if not POLICY_DEPRECATED:
+        # Before 3.14 the policy is asyncio's own hook (get_event_loop() makes loops
+        # through it too).
+        install()
+        return
+    # 3.14+ deprecates the policy system: the program gets ferroloop as the default
+    # loop factory instead. asyncio.run(), asyncio.Runner() and asyncio.new_event_loop()
+    # all make their loop through events.new_event_loop(); get_event_loop() no longer
+    # makes one.
+    import asyncio
+    from asyncio import events
+
+    events.new_event_loop = asyncio.new_event_loop = new_event_loop
+
+
 def main(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         raise SystemExit(2 if not argv else 0)
-    install()
+    use_ferroloop()
     if argv[0] == "-m":
         if len(argv) < 2:
             print("Argument expected for the -m option", file=sys.stderr)

@@ -65,10 +65,18 @@ class LoopCore:
     def is_closed(self) -> bool: ...
     def get_debug(self) -> bool: ...
     def _add_reader(
-        self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
+        self,
+        fd: FileDescriptorLike,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
     ) -> Handle: ...
     def _add_writer(
-        self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
+        self,
+        fd: FileDescriptorLike,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
     ) -> Handle: ...
     def _remove_reader(self, fd: FileDescriptorLike) -> bool: ...
     def _remove_writer(self, fd: FileDescriptorLike) -> bool: ...
@@ -77,10 +85,11 @@ class LoopCore:
     def create_task(
         self,
         coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
-        *,
-        name: object = None,
-        context: contextvars.Context | None = None,
-    ) -> asyncio.Task[_T]: ...
+        **kwargs: Any,
+    ) -> asyncio.Task[_T]:
+        """Schedule `coro` as a task. Keywords (`name=`, `context=`, 3.14's
+        `eager_start=`) go to the task or the task factory as this interpreter's own
+        loop passes them."""
     def sock_recv(self, sock: socket.socket, n: int) -> SockCall[bytes]: ...
     def sock_recv_into(self, sock: socket.socket, buf: Any) -> SockCall[int]: ...
     def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> SockCall[tuple[bytes, Any]]: ...
@@ -136,7 +145,12 @@ class StreamTransportCore:
     """The native half of ferroloop's stream transport (asyncio's socket transport)."""
 
     def __new__(
-        cls, loop_: LoopCore, sock: Any, protocol: Any, owner: Any
+        cls,
+        loop_: LoopCore,
+        sock: Any,
+        protocol: Any,
+        owner: Any,
+        context: contextvars.Context | None = None,
     ) -> StreamTransportCore: ...
     def write(self, data: Any) -> None: ...
     def writelines(self, list_of_data: Any) -> None: ...

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._network import bind_network_methods
 from ._signals import SignalHandlers
+from ._subprocess import ChildWatching
 from ._transports import SocketTransport
 
 # Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
@@ -73,7 +74,12 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, None)
 
 
-class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: ignore[misc]
+# 3.14+ has no child-watcher API: ferroloop watches its children itself (_subprocess.py).
+_OWN_CHILD_WATCHING = sys.version_info >= (3, 14)
+_VERSION_BASES: tuple[type, ...] = (ChildWatching,) if _OWN_CHILD_WATCHING else ()
+
+
+class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """A ferroloop event loop: `asyncio.AbstractEventLoop` on a Rust core."""
 
     # asyncio's own implementations of the cold paths, so that each interpreter version
@@ -121,6 +127,8 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         # Read by asyncio's Unix-server code (3.13+: unlinks socket paths on close).
         self._unix_server_sockets: dict[Any, int] = {}
         self._init_signals()
+        if _OWN_CHILD_WATCHING:
+            self._child_pidfds: dict[int, int] = {}
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
     def run_forever(self) -> None:
@@ -186,8 +194,9 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         *,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        context: Any = None,
     ) -> SocketTransport:
-        return SocketTransport(self, sock, protocol, waiter, extra, server)
+        return SocketTransport(self, sock, protocol, waiter, extra, server, context)
 
     def _stop_serving(self, sock: socket.socket) -> None:
         # The Unix loop's version (3.13+: unlink the socket path it created, unless the
@@ -240,6 +249,8 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
             logger.debug("Close %r", self)
         self._close_core()
         self._close_signals()
+        if _OWN_CHILD_WATCHING:
+            self._close_child_watching()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import errno
+import inspect
 import signal
 import socket
 import sys
@@ -23,6 +24,14 @@ def _sighandler_noop(signum: int, frame: object) -> None:
     """The Python-level handler: the wakeup fd does the work."""
 
 
+def _is_coroutine_function(func: Any) -> bool:
+    if sys.version_info >= (3, 14):
+        # asyncio.iscoroutinefunction warns from 3.14 on; inspect's is the same test
+        # there (the generator-based @asyncio.coroutine it also knew is gone since 3.11).
+        return inspect.iscoroutinefunction(func)
+    return coroutines.iscoroutinefunction(func)
+
+
 class SignalHandlers:
     """Mixin for `Loop`: signal handlers over a wakeup socket pair."""
 
@@ -35,7 +44,7 @@ class SignalHandlers:
 
     def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
         """Call `callback(*args)` on the loop whenever signal `sig` arrives (main thread only)."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _is_coroutine_function(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()  # type: ignore[attr-defined]

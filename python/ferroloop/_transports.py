@@ -48,6 +48,7 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
         waiter: Any = None,
         extra: dict[str, Any] | None = None,
         server: Any = None,
+        context: Any = None,
     ) -> None:
         # Transport.__init__, not the mixin's: flow-control state lives in the core.
         transports.Transport.__init__(self, extra)
@@ -62,7 +63,9 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
             except OSError:
                 self._extra["peername"] = None
         self._sock_fd = sock.fileno()
-        core = _core.StreamTransportCore(loop, sock, protocol, self)
+        # 3.15+ passes the context protocol callbacks run in (None before: each callback
+        # runs in a copy of the context current when it was scheduled).
+        core = _core.StreamTransportCore(loop, sock, protocol, self, context)
         self._core = core
         for name in _DIRECT:
             setattr(self, name, getattr(core, name))
@@ -74,10 +77,15 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
                 server._attach()
         loop._transports[self._sock_fd] = self
         base_events._set_nodelay(sock)  # type: ignore[attr-defined]
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(core._start_reading)
+        loop.call_soon(protocol.connection_made, self, context=context)
+        loop.call_soon(core._start_reading, context=context)
         if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)  # type: ignore[attr-defined]
+            loop.call_soon(
+                futures._set_result_unless_cancelled,  # type: ignore[attr-defined]
+                waiter,
+                None,
+                context=context,
+            )
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]

@@ -1,6 +1,7 @@
 //! `Handle` and `TimerHandle`: asyncio's callback handles, with its public API.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
@@ -19,6 +20,9 @@ pub(crate) struct HandleState {
     context: Option<Py<PyAny>>,
     loop_: Option<Py<PyAny>>,
     cancelled: bool,
+    /// Made by `call_soon_threadsafe`: `cancel()`/`cancelled()` from another thread wait
+    /// while the callback runs (asyncio's `_ThreadSafeHandle`, gh-123965).
+    threadsafe: bool,
     /// Kept in debug mode when cancelled, as asyncio does, for slow-callback warnings.
     repr: Option<String>,
     source_traceback: Option<Py<PyAny>>,
@@ -38,6 +42,7 @@ impl HandleState {
             context: Some(context),
             loop_: Some(loop_),
             cancelled: false,
+            threadsafe: false,
             repr: None,
             source_traceback,
         }
@@ -50,6 +55,7 @@ impl HandleState {
             context: None,
             loop_: None,
             cancelled: true,
+            threadsafe: false,
             repr: None,
             source_traceback: None,
         }
@@ -60,6 +66,20 @@ impl HandleState {
 #[pyclass(name = "Handle", module = "ferroloop", subclass, frozen, weakref)]
 pub struct Handle {
     pub(crate) state: GilCell<HandleState>,
+    /// The id (see `thread_id`) of the thread running a threadsafe handle's callback, 0
+    /// when it is not running; read without the GIL by threads waiting in `cancel()`.
+    running_on: AtomicU64,
+}
+
+/// Threads waiting for a threadsafe handle's callback to finish, and their wake-up.
+static RUN_DONE: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
+static RUN_WAITERS: AtomicU32 = AtomicU32::new(0);
+
+/// A process-unique, non-zero id for the calling thread.
+fn thread_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    ID.with(|id| *id)
 }
 
 /// A callback scheduled for a time by `call_at`/`call_later`.
@@ -99,7 +119,7 @@ pub(crate) fn format_callback_source(
         "asyncio.format_helpers",
         "_format_callback_source",
     )?;
-    let out = if py.version_info() >= (3, 13) {
+    let out = if pyapi::version(py) >= (3, 13, 0) {
         let kw = PyDict::new(py);
         kw.set_item("debug", debug)?;
         f.call((callback, args), Some(&kw))?
@@ -113,6 +133,41 @@ impl Handle {
     pub(crate) fn new(state: HandleState) -> Self {
         Handle {
             state: GilCell::new(state),
+            running_on: AtomicU64::new(0),
+        }
+    }
+
+    /// Marks the handle as made by `call_soon_threadsafe`.
+    pub(crate) fn set_threadsafe(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).threadsafe = true;
+    }
+
+    /// For a threadsafe handle whose callback runs on another thread: waits, without
+    /// the GIL, until it has finished (asyncio holds the handle's lock while it runs, so
+    /// a cancel from elsewhere neither races with nor interrupts the callback).
+    fn wait_not_running(&self, py: Python<'_>) {
+        let running = self.running_on.load(Ordering::Acquire);
+        if running == 0 || running == thread_id() || !self.state.borrow(py).threadsafe {
+            return;
+        }
+        py.detach(|| {
+            RUN_WAITERS.fetch_add(1, Ordering::AcqRel);
+            let (lock, done) = &RUN_DONE;
+            let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            while self.running_on.load(Ordering::Acquire) != 0 {
+                guard = done.wait(guard).unwrap_or_else(|e| e.into_inner());
+            }
+            drop(guard);
+            RUN_WAITERS.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+
+    fn finish_threadsafe_run(&self) {
+        self.running_on.store(0, Ordering::Release);
+        if RUN_WAITERS.load(Ordering::Acquire) > 0 {
+            // Taken so that a waiter between its check and its wait cannot miss this.
+            let _guard = RUN_DONE.0.lock().unwrap_or_else(|e| e.into_inner());
+            RUN_DONE.1.notify_all();
         }
     }
 
@@ -146,18 +201,27 @@ impl Handle {
     #[inline]
     pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
-        let (callback, args, context) = {
+        let (callback, args, context, threadsafe) = {
             let s = slf.get().state.borrow(py);
             match (&s.callback, &s.args, &s.context) {
                 (Some(cb), Some(args), Some(ctx)) if !s.cancelled => (
                     cb.clone_ref(py).into_bound(py),
                     args.clone_ref(py).into_bound(py),
                     ctx.clone_ref(py).into_bound(py),
+                    s.threadsafe,
                 ),
                 _ => return Ok(()),
             }
         };
-        match pyapi::run_in_context(py, &context, &callback, &args) {
+        if threadsafe {
+            // Set before the GIL can be released, so no cancel() slips in between.
+            slf.get().running_on.store(thread_id(), Ordering::Release);
+        }
+        let result = pyapi::run_in_context(py, &context, &callback, &args);
+        if threadsafe {
+            slf.get().finish_threadsafe_run();
+        }
+        match result {
             Ok(_) => Ok(()),
             Err(err) => Self::report(slf, &callback, &args, err),
         }
@@ -274,10 +338,12 @@ fn loop_is_debug(loop_: &Bound<'_, PyAny>) -> bool {
 #[pymethods]
 impl Handle {
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().wait_not_running(slf.py());
         Self::do_cancel(slf)
     }
 
     fn cancelled(&self, py: Python<'_>) -> bool {
+        self.wait_not_running(py);
         self.is_cancelled(py)
     }
 

@@ -60,8 +60,41 @@ const HANDLE_POOL_MAX: usize = 16384;
 /// Fired timers kept for reuse.
 const TIMER_POOL_MAX: usize = 4096;
 
-static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static FUTURES_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static TASKS_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Which keywords `create_task` passes on to a task factory, by interpreter version.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TaskKwargs {
+    /// Up to 3.13.2: only `name` and `context`, the factory gets `context` alone.
+    Legacy,
+    /// 3.13.4–3.13.x: any keyword, `name` set afterwards, `context` only when not None.
+    NameAfter,
+    /// 3.13.3 and 3.14+: every keyword as given.
+    PassAll,
+}
+
+impl TaskKwargs {
+    fn of(py: Python<'_>) -> Self {
+        let v = pyapi::version(py);
+        if v >= (3, 14, 0) || v == (3, 13, 3) {
+            TaskKwargs::PassAll
+        } else if v >= (3, 13, 4) {
+            TaskKwargs::NameAfter
+        } else {
+            TaskKwargs::Legacy
+        }
+    }
+}
+
+/// `d.pop(key, None)`.
+fn pop_item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let item = d.get_item(key)?;
+    if item.is_some() {
+        d.del_item(key)?;
+    }
+    Ok(item)
+}
 
 impl LoopCore {
     #[inline]
@@ -173,14 +206,16 @@ impl LoopCore {
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         dir: Dir,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         slf.get().check_closed(slf.py())?;
-        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir, false)
+        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir, false, context)
     }
 
     /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
     /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
-    /// `sock_call`: the callback is a socket call (see `Fds`).
+    /// `sock_call`: the callback is a socket call (see `Fds`). `context`: the one the
+    /// callback runs in, a copy of the current one if None.
     pub(crate) fn add_io_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
@@ -188,10 +223,12 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         dir: Dir,
         sock_call: bool,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
-        let handle = Self::handle_for(slf, Self::new_handle(slf, callback, args, None, None)?)?;
+        let state = Self::new_handle(slf, callback, args, context, None)?;
+        let handle = Self::handle_for(slf, state)?;
         let old = {
             let mut st = slf.get().st.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
@@ -367,6 +404,7 @@ impl LoopCore {
         slf.get().check_closed(py)?;
         let handle = Self::new_handle(slf, callback, args, context, Some("call_soon_threadsafe"))?;
         let handle = Self::schedule_soon(slf, handle)?;
+        handle.get().set_threadsafe(py);
         if let Some(poller) = &slf.get().st.borrow(py).poller {
             poller.wake();
         }
@@ -528,25 +566,28 @@ impl LoopCore {
     }
 
     /// Watches `fd` (asyncio's `_add_reader`: no transport check; returns the handle).
-    #[pyo3(signature = (fd, callback, *args))]
+    /// `context=` as 3.15's transports pass it.
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_reader(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_io(slf, fd, callback, args, Dir::Read)
+        Self::add_io(slf, fd, callback, args, Dir::Read, context)
     }
 
     /// Watches `fd` (asyncio's `_add_writer`: no transport check; returns the handle).
-    #[pyo3(signature = (fd, callback, *args))]
+    #[pyo3(signature = (fd, callback, *args, context=None))]
     fn _add_writer(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        Self::add_io(slf, fd, callback, args, Dir::Write)
+        Self::add_io(slf, fd, callback, args, Dir::Write, context)
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -636,20 +677,27 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::Connect(address.clone().unbind(), false))
     }
 
-    /// `asyncio.Future(loop=self)`.
+    /// `asyncio.futures.Future(loop=self)`, the class looked up at each call as asyncio
+    /// does (tests swap in the pure-Python one).
     pub(crate) fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let kwargs = PyDict::new(py);
         kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
-        pyapi::cached_attr(py, &FUTURE_TYPE, "asyncio", "Future")?.call((), Some(&kwargs))
+        let futures = pyapi::cached_attr(py, &FUTURES_MODULE, "asyncio", "futures")?;
+        futures
+            .getattr(pyo3::intern!(py, "Future"))?
+            .call((), Some(&kwargs))
     }
 
-    #[pyo3(signature = (coro, *, name=None, context=None))]
+    /// asyncio's `create_task`, with each interpreter's contract for task factories:
+    /// before 3.13.3 a factory gets `(loop, coro)` plus `context=` when one is given and
+    /// the name is set afterwards; 3.13.3 and 3.14+ pass every keyword on (gh-128307);
+    /// 3.13.4+ passes `context=` only when not None and sets the name itself (gh-133745).
+    #[pyo3(signature = (coro, **kwargs))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
         coro: &Bound<'py, PyAny>,
-        name: Option<&Bound<'py, PyAny>>,
-        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
@@ -660,31 +708,40 @@ impl LoopCore {
             .task_factory
             .as_ref()
             .map(|f| f.clone_ref(py));
-        let name = name.filter(|n| !n.is_none());
-        let context = context.filter(|c| !c.is_none());
-        if let Some(factory) = factory {
-            let task = match context {
-                None => factory.bind(py).call1((slf, coro))?,
-                Some(ctx) => {
-                    let kwargs = PyDict::new(py);
-                    kwargs.set_item("context", ctx)?;
-                    factory.bind(py).call((slf, coro), Some(&kwargs))?
+        let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
+        let contract = TaskKwargs::of(py);
+        // Keywords taken out of `kwargs` for the name/context contracts.
+        let mut name = None;
+        if contract != TaskKwargs::PassAll {
+            name = pop_item(&kwargs, "name")?.filter(|n| !n.is_none());
+            let context = pop_item(&kwargs, "context")?.filter(|c| !c.is_none());
+            if contract == TaskKwargs::Legacy {
+                if let Some((key, _)) = kwargs.iter().next() {
+                    return Err(PyTypeError::new_err(format!(
+                        "create_task() got an unexpected keyword argument {}",
+                        key.repr()?
+                    )));
                 }
-            };
+            }
+            if let Some(context) = context {
+                kwargs.set_item(pyo3::intern!(py, "context"), context)?;
+            }
+        }
+        if let Some(factory) = factory {
+            let task = factory.bind(py).call((slf, coro), Some(&kwargs))?;
             if let Some(name) = name {
-                task.call_method1("set_name", (name,))?;
+                task.call_method1(pyo3::intern!(py, "set_name"), (name,))?;
             }
             return Ok(task);
         }
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
         if let Some(name) = name {
             kwargs.set_item(pyo3::intern!(py, "name"), name)?;
         }
-        if let Some(ctx) = context {
-            kwargs.set_item(pyo3::intern!(py, "context"), ctx)?;
-        }
-        pyapi::cached_attr(py, &TASK_TYPE, "asyncio", "Task")?.call((coro,), Some(&kwargs))
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        let tasks = pyapi::cached_attr(py, &TASKS_MODULE, "asyncio", "tasks")?;
+        tasks
+            .getattr(pyo3::intern!(py, "Task"))?
+            .call((coro,), Some(&kwargs))
     }
 
     fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {

@@ -53,6 +53,9 @@ struct StreamState {
     high_water: usize,
     low_water: usize,
     empty_waiter: Option<Py<PyAny>>,
+    /// The context protocol callbacks run in (3.15: captured when the connection was
+    /// made); None: each callback gets a copy of the current one, as before 3.15.
+    context: Option<Py<PyAny>>,
 }
 
 impl StreamState {
@@ -165,12 +168,14 @@ impl StreamTransport {
             Dir::Read => slf.getattr(pyo3::intern!(py, "_read_ready"))?,
             Dir::Write => slf.getattr(pyo3::intern!(py, "_write_ready"))?,
         };
+        let context = slf.get().context(py);
         LoopCore::add_io(
             &lp,
             slf.get().fd_obj(py).as_any(),
             &cb,
             &PyTuple::empty(py),
             dir,
+            context.as_ref().map(|c| c.bind(py)),
         )?;
         Ok(())
     }
@@ -186,9 +191,14 @@ impl StreamTransport {
                 Some(a) => PyTuple::new(py, [a])?,
                 None => PyTuple::empty(py),
             };
-            LoopCore::call_soon(&lp, callback, &args, None)?;
+            let context = self.context(py);
+            LoopCore::call_soon(&lp, callback, &args, context.as_ref().map(|c| c.bind(py)))?;
         }
         Ok(())
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.borrow(py).context.as_ref().map(|c| c.clone_ref(py))
     }
 
     fn debug(&self, py: Python<'_>) -> bool {
@@ -557,11 +567,13 @@ impl StreamTransport {
 #[pymethods]
 impl StreamTransport {
     #[new]
+    #[pyo3(signature = (loop_, sock, protocol, owner, context=None))]
     fn new(
         loop_: &Bound<'_, PyAny>,
         sock: &Bound<'_, PyAny>,
         protocol: &Bound<'_, PyAny>,
         owner: &Bound<'_, PyAny>,
+        context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let lp = loop_
             .cast::<LoopCore>()
@@ -586,6 +598,7 @@ impl StreamTransport {
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_HIGH_WATER / 4,
                 empty_waiter: None,
+                context: context.filter(|c| !c.is_none()).map(|c| c.clone().unbind()),
             }),
         })
     }
@@ -939,9 +952,15 @@ impl StreamTransport {
         let Ok(st) = self.st.try_borrow_for_gc(&visit) else {
             return Ok(());
         };
-        for obj in [&st.sock, &st.owner, &st.protocol, &st.empty_waiter]
-            .into_iter()
-            .flatten()
+        for obj in [
+            &st.sock,
+            &st.owner,
+            &st.protocol,
+            &st.empty_waiter,
+            &st.context,
+        ]
+        .into_iter()
+        .flatten()
         {
             visit.call(obj)?;
         }
@@ -960,6 +979,7 @@ impl StreamTransport {
                     st.protocol.take(),
                     st.empty_waiter.take(),
                     st.loop_.take(),
+                    st.context.take(),
                 )
             };
             drop(taken);

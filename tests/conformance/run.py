@@ -76,18 +76,30 @@ Regressions are re-run once (``--retries``), alone in a fresh worker, on ferrolo
 that passes then is reported as *flaky* and counted as passed (the CPython suite has
 timing-sensitive tests, and the two runs of a module share the machine).
 
+The stock side runs once per interpreter
+-----------------------------------------
+Stock-loop results depend only on the interpreter build, its ``test`` package, this
+harness and the options that change outcomes; they are kept under ``--stock-cache``
+(default ``~/.cache/ferroloop/conformance/<key>/``, complete runs only) and reused, so a
+run after a ferroloop change runs the ferroloop side alone. ``--no-stock-cache`` runs
+both sides again.
+
 Expected failures
 -----------------
 ``expected_failures.txt`` next to this file: one test id per line (``test_tasks.Class.test``
 or the full ``test.test_asyncio.`` form), then ``# one-line reason``. Only tests of the
 stock loop's private internals belong there. Listed regressions don't fail ``--ci``;
-listed tests that now pass are reported as stale.
+listed tests that now pass are reported as stale. A listed test marked ``!not-run``
+after its id is not run on ferroloop at all (it hangs there, and would only cost its
+timeout).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
+import hashlib
 import importlib.util
 import json
 import os
@@ -184,11 +196,18 @@ def _install_ferroloop() -> list[int]:
 
     _loop.Loop.__init__ = counting_init  # type: ignore[method-assign]
 
-    asyncio.DefaultEventLoopPolicy = ferroloop.EventLoopPolicy
-    asyncio.unix_events.DefaultEventLoopPolicy = ferroloop.EventLoopPolicy
     with warnings.catch_warnings():
+        # 3.14+ deprecates the policy system: naming the policy classes warns.
         warnings.simplefilter("ignore", DeprecationWarning)
-        asyncio.set_event_loop_policy(ferroloop.EventLoopPolicy())
+        policy = ferroloop.EventLoopPolicy
+        if sys.version_info >= (3, 14):
+            # asyncio.DefaultEventLoopPolicy is a module __getattr__ that warns (tests
+            # check it does) and returns this private name.
+            asyncio.unix_events._DefaultEventLoopPolicy = policy
+        else:
+            asyncio.DefaultEventLoopPolicy = policy
+            asyncio.unix_events.DefaultEventLoopPolicy = policy
+        asyncio.set_event_loop_policy(policy())
         probe = asyncio.new_event_loop()
     try:
         if not isinstance(probe, ferroloop.Loop):
@@ -500,7 +519,8 @@ def run_module(module: str, loop: str, opts: argparse.Namespace, workdir: Path,
         out = jobdir / f"events.{n}.jsonl"
         log = jobdir / f"log.{n}.txt"
         skip_file = jobdir / f"skip.{n}.txt"
-        skip_file.write_text("\n".join(sorted(run.results)))
+        skip = set(run.results) | (opts.not_run if loop == FERRO else set())
+        skip_file.write_text("\n".join(sorted(skip)))
         cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--worker",
                "--loop", loop, "--module", module, "--out", str(out),
                "--timeout", str(opts.timeout), "--skip-file", str(skip_file)]
@@ -576,7 +596,7 @@ def run_module(module: str, loop: str, opts: argparse.Namespace, workdir: Path,
             # test started): blame the next test it would have run, so the next worker
             # makes progress.
             in_progress = next((i for i in run.ids if i not in run.results
-                                and (only is None or i in only)), None)
+                                and i not in skip and (only is None or i in only)), None)
             if in_progress is not None:
                 tail = "(died outside a test, before this one started)\n" + tail
         if in_progress is not None:
@@ -607,6 +627,47 @@ def run_module(module: str, loop: str, opts: argparse.Namespace, workdir: Path,
     return run
 
 
+def default_stock_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(base) / "ferroloop" / "conformance"
+
+
+def stock_cache_key(opts: argparse.Namespace) -> str:
+    """What a stock-loop result depends on: the interpreter build, its test package, this
+    harness, and the options that change outcomes. ferroloop plays no part in it."""
+    h = hashlib.sha256()
+    h.update(sys.version.encode())
+    h.update(os.path.realpath(sys.base_prefix).encode())
+    h.update(Path(__file__).read_bytes())
+    h.update(repr((opts.asyncio_debug, opts.timeout)).encode())
+    spec = importlib.util.find_spec("test.test_asyncio")
+    for folder in spec.submodule_search_locations if spec else []:
+        for path in sorted(Path(folder).glob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:24]
+
+
+def load_cached_stock(cache: Path | None, module: str) -> ModuleRun | None:
+    if cache is None:
+        return None
+    try:
+        data = json.loads((cache / f"{module}.json").read_text())
+        return ModuleRun(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def store_cached_stock(cache: Path | None, run: ModuleRun) -> None:
+    # Only complete runs: a harness error (a hang, a crash) is worth running again.
+    if cache is None or run.harness_errors:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{run.module}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(run)))
+    tmp.replace(cache / f"{run.module}.json")
+
+
 def available_modules() -> list[str]:
     spec = importlib.util.find_spec("test.test_asyncio")
     if spec is None or not spec.submodule_search_locations:
@@ -623,20 +684,29 @@ def module_weight(module: str) -> int:
         return 0
 
 
-def load_expected(path: Path) -> dict[str, str]:
+NOT_RUN = "!not-run"
+
+
+def load_expected(path: Path) -> tuple[dict[str, str], set[str]]:
+    """The listed tests with their reasons, and those of them never run on ferroloop
+    (marked `!not-run`: they hang there, and would only cost their timeout)."""
     expected: dict[str, str] = {}
+    not_run: set[str] = set()
     if not path.exists():
-        return expected
+        return expected, not_run
     for n, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        test_id, _, reason = line.partition("#")
-        test_id, reason = test_id.strip(), reason.strip()
-        if not reason or " " in test_id:
-            raise SystemExit(f"{path}:{n}: expected `test id  # one-line reason`, got {raw!r}")
-        expected[short_id(test_id)] = reason
-    return expected
+        head, _, reason = line.partition("#")
+        words, reason = head.split(), reason.strip()
+        if not reason or not words or words[1:] not in ([], [NOT_RUN]):
+            raise SystemExit(
+                f"{path}:{n}: expected `test id [{NOT_RUN}]  # one-line reason`, got {raw!r}")
+        expected[short_id(words[0])] = reason
+        if words[1:]:
+            not_run.add(PREFIX + short_id(words[0]))
+    return expected, not_run
 
 
 def first_line_of_error(detail: str | None) -> str:
@@ -743,6 +813,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asyncio-debug", action="store_true",
                     help="run both loops with PYTHONASYNCIODEBUG=1 (not CPython's default)")
     ap.add_argument("--json", type=Path, help="write every outcome and error to this file")
+    ap.add_argument("--stock-cache", type=Path, default=default_stock_cache(),
+                    help="where stock-loop results are kept, per interpreter build and test "
+                         "package, so the stock side runs only when those change "
+                         "(default: %(default)s)")
+    ap.add_argument("--no-stock-cache", action="store_true",
+                    help="run the stock side again, whatever the cache holds")
     ap.add_argument("--keep-logs", type=Path, help="keep worker logs in this directory")
     ap.add_argument("-v", "--verbose", action="store_true",
                     help="print each regression's full error, not just its last line")
@@ -776,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         modules = list(CI_MODULES)
     absent = [m for m in modules if m not in available]
     modules = [m for m in modules if m in available]
-    expected = load_expected(opts.expected)
+    expected, opts.not_run = load_expected(opts.expected)
     strict = opts.ci
     if opts.total_timeout is None and opts.ci:
         opts.total_timeout = 900.0 if opts.all else 480.0
@@ -797,14 +873,24 @@ def main(argv: list[str] | None = None) -> int:
         cleanup = True
 
     t0 = time.monotonic()
-    jobs = sorted(((m, loop) for m in modules for loop in LOOPS),
-                  key=lambda j: -module_weight(j[0]))
+    cache = None if opts.no_stock_cache else opts.stock_cache / stock_cache_key(opts)
     runs: dict[tuple[str, str], ModuleRun] = {}
+    for m in modules:
+        cached = load_cached_stock(cache, m)
+        if cached is not None:
+            runs[(m, STOCK)] = cached
+    if runs:
+        print(f"  stock-loop results of {len(runs)} module(s) from {cache} (this interpreter "
+              "and test package ran them before; --no-stock-cache runs them again)", flush=True)
+    jobs = sorted(((m, loop) for m in modules for loop in LOOPS if (m, loop) not in runs),
+                  key=lambda j: -module_weight(j[0]))
     lock = threading.Lock()
     finished = [0]
 
     def job(m: str, loop: str) -> ModuleRun:
         r = run_module(m, loop, opts, workdir)
+        if loop == STOCK:
+            store_cached_stock(cache, r)
         with lock:
             finished[0] += 1
             extra = f", {r.workers} workers" if r.workers > 1 else ""
