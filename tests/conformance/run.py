@@ -659,8 +659,10 @@ def load_cached_stock(cache: Path | None, module: str) -> ModuleRun | None:
 
 
 def store_cached_stock(cache: Path | None, run: ModuleRun) -> None:
-    # Only complete runs: a harness error (a hang, a crash) is worth running again.
-    if cache is None or run.harness_errors:
+    # Only complete runs without a hang or a crash: those come from a loaded machine as
+    # often as from the test, and are worth running again.
+    unsettled = any(r["outcome"] in ("timeout", "crash") for r in run.results.values())
+    if cache is None or run.harness_errors or unsettled:
         return
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{run.module}.{os.getpid()}.tmp"
