@@ -99,3 +99,28 @@ def test_close_removes_handlers(loop):
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
     with pytest.raises(RuntimeError):
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)
+
+
+def test_python_signal_handler_runs_before_the_loop_blocks(loop):
+    """A handler set with signal.signal() (as asyncio.Runner does for SIGINT) runs as soon
+    as its signal arrives, not when the poll next wakes: the signal here arrives inside a
+    callback, and the next wait would block for 30 s. (libc's kill() through ctypes: unlike
+    os.kill, it does not run the Python handler itself on the way out.)"""
+    import ctypes
+
+    libc_kill = ctypes.CDLL(None, use_errno=True).kill
+    events = []
+
+    def handler(signum, frame):
+        events.append("handler")
+        loop.call_soon_threadsafe(loop.stop)
+
+    old = signal.signal(signal.SIGUSR2, handler)
+    try:
+        loop.call_soon(libc_kill, os.getpid(), signal.SIGUSR2)
+        timer = loop.call_later(30, lambda: (events.append("timer"), loop.stop()))
+        loop.run_forever()
+        timer.cancel()
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+    assert events == ["handler"]

@@ -141,6 +141,13 @@ impl LoopCore {
         let blocking = timeout != Some(Duration::ZERO);
         if !blocking {
             poller.set_polling(false);
+        } else if let Err(err) = py.check_signals() {
+            // A signal that arrived since the last callback ran has its Python handler run
+            // now: once in the wait it would interrupt nothing (the stock loop's window
+            // between its last bytecode and select() is as small as this one is now).
+            poller.set_polling(false);
+            this.st.borrow_mut(py).events = events;
+            return Err(err);
         }
         let waited = if !blocking && idle {
             Ok(Waited::Events(0))
