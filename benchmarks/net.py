@@ -64,8 +64,10 @@ APIS = [
     ("buffered", "BufferedProtocol"),
 ]
 SIZES = [1024, 10 * 1024, 100 * 1024]
-ALL_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop", "rsloop"]  # rsloop: when installed
-THIRD_PARTY = ("uvloop", "rloop", "rsloop")
+# Peers run when installed (rsloop is built by hand; blazio, talyn, loopmini have wheels
+# for some interpreters only: requirements/bench.txt).
+ALL_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop", "rsloop", "blazio", "talyn", "loopmini"]
+THIRD_PARTY = ("uvloop", "rloop", "rsloop", "blazio", "talyn", "loopmini")
 # uvicorn --loop values: an import string for a loop factory (uvicorn >= 0.36).
 UVICORN_LOOP = {
     "ferroloop": "ferroloop:new_event_loop",
@@ -73,6 +75,9 @@ UVICORN_LOOP = {
     "uvloop": "uvloop",
     "rloop": "rloop:new_event_loop",
     "rsloop": "rsloop:new_event_loop",
+    "blazio": "blazio:new_event_loop",
+    "talyn": "talyn:Loop",
+    "loopmini": "loopmini:new_event_loop",
 }
 # A cell whose load generator used at least this share of a core, and more than the
 # server did, was paced by the generator rather than by the server.

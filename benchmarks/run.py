@@ -1,4 +1,5 @@
-"""Event-loop microbenchmarks: ferroloop against the stock asyncio loop, uvloop and rloop.
+"""Event-loop microbenchmarks: ferroloop against the stock asyncio loop and the peers
+(uvloop, rloop, rsloop, blazio, talyn, loopmini: those installed).
 
     python benchmarks/run.py            # full run, about 5 minutes on 2 cores
     python benchmarks/run.py --quick    # about 1 minute: 5 rounds, half sizes
@@ -52,9 +53,9 @@ BENCHES: list[tuple[str, str, int]] = [
 ]
 
 # ferroloop first: it is what every ratio is relative to.
-ALL_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop", "rsloop"]
-THIRD_PARTY = ("uvloop", "rloop", "rsloop")
-DIST = {"ferroloop": "ferroloop", "uvloop": "uvloop", "rloop": "rloop", "rsloop": "rsloop"}
+ALL_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop", "rsloop", "blazio", "talyn", "loopmini"]
+THIRD_PARTY = ("uvloop", "rloop", "rsloop", "blazio", "talyn", "loopmini")
+DIST = {k: k for k in ("ferroloop", "uvloop", "rloop", "rsloop", "blazio", "talyn", "loopmini")}
 
 
 # --variant NAME=DIR: another ferroloop build (a `python/` directory holding a `ferroloop`

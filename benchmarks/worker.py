@@ -50,6 +50,18 @@ def make_loop(kind: str) -> Loop:
         import rsloop  # type: ignore[import-not-found]
 
         return rsloop.new_event_loop()  # type: ignore[no-any-return]
+    if kind == "blazio":
+        import blazio  # type: ignore[import-not-found]
+
+        return blazio.new_event_loop()  # type: ignore[no-any-return]
+    if kind == "talyn":
+        import talyn  # type: ignore[import-not-found]
+
+        return talyn.Loop()  # type: ignore[no-any-return]
+    if kind == "loopmini":
+        import loopmini  # type: ignore[import-not-found]
+
+        return loopmini.new_event_loop()  # type: ignore[no-any-return]
     raise SystemExit(f"unknown loop {kind!r}")
 
 
