@@ -98,3 +98,36 @@ def test_writes_after_connection_lost_warn(loop, caplog):
 
     loop.run_until_complete(main())
     assert "socket.send() raised exception." in caplog.text
+
+
+def test_connection_accepted_as_the_server_closes(loop, tmp_path):
+    """A connection accepted after server.close() has no transport (asyncio's Server refuses
+    to attach one: an AssertionError, logged in debug mode only); the socket it leaves is
+    collected with a ResourceWarning and no error from the transport's __del__."""
+    import gc
+    import sys
+    import warnings
+
+    unraisable: list[object] = []
+
+    async def main():
+        path = str(tmp_path / "s")
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        transport, _ = await loop.create_unix_connection(asyncio.Protocol, path)
+        server.close()  # before the accept callback runs
+        await server.wait_closed()
+        await asyncio.sleep(0.01)
+        transport.close()
+        await asyncio.sleep(0)
+
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            loop.run_until_complete(main())
+            loop.close()
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
