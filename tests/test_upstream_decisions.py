@@ -208,3 +208,27 @@ def test_udp_unconnected_sendto_after_close_is_dropped(loop):
             await rx.lost
 
     run(loop, main())
+
+
+@asyncio_bug("takes the '' peer name of a socketpair for 'not connected': a fatal TypeError")
+def test_udp_sendto_on_a_socketpair_endpoint(loop):
+    """uvloop's test_udp test_socketpair: an endpoint made with sock= one end of a Unix
+    datagram socketpair sends sendto(data) to the other end; its peer name is still ''."""
+
+    async def main():
+        s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        with s1, s2:
+            tr, proto = await loop.create_datagram_endpoint(Datagrams, sock=s1)
+            assert tr.get_extra_info("peername") == ""
+            s2.send(b"to the endpoint")
+            while not proto.received:
+                await asyncio.sleep(0.001)
+            assert proto.received == [b"to the endpoint"]
+            s2.setblocking(False)
+            tr.sendto(b"from the endpoint")
+            got = await asyncio.wait_for(loop.sock_recv(s2, 100), 2)
+            assert got == b"from the endpoint"
+            tr.close()
+            await proto.lost
+
+    run(loop, main())

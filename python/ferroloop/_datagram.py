@@ -1,24 +1,45 @@
 """`DatagramTransport`: UDP and Unix datagram endpoints, for now asyncio's own
-`_SelectorDatagramTransport` over the Rust poller, with one fix (below). The Rust datagram
+`_SelectorDatagramTransport` over the Rust poller, with two fixes (below). The Rust datagram
 transport replaces it later.
 """
 
 from __future__ import annotations
 
+import socket
 from asyncio import constants, selector_events
 from asyncio.log import logger
 from typing import Any
 
 
-class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
-    """asyncio's datagram transport, where `sendto()` after `close()` drops the datagram.
+class _UnnamedPeer(str):
+    """The peer name of a socket connected to an unnamed Unix socket: ``''``, and true."""
 
-    asyncio (3.10 to 3.13) drops it only for a connected endpoint: an unconnected one still
-    sends it while the close is pending, and once `connection_lost` has run, `sendto()`
-    raises AttributeError from inside the transport (its socket and loop are gone). uvloop
-    drops it in both cases (its test_udp `test_send_after_close`), and so do we: what a
-    closing stream transport does with `write()`, counted and warned about the same way.
+    __slots__ = ()
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class DatagramTransport(selector_events._SelectorDatagramTransport):  # type: ignore[name-defined,misc]
+    """asyncio's datagram transport, with two fixes uvloop's test_udp found.
+
+    * `sendto()` after `close()` drops the datagram. asyncio (3.10 to 3.13) drops it only
+      for a connected endpoint: an unconnected one still sends it while the close is
+      pending, and once `connection_lost` has run, `sendto()` raises AttributeError from
+      inside the transport (its socket and loop are gone). uvloop drops it in both cases
+      (`test_send_after_close`), and so do we: what a closing stream transport does with
+      `write()`, counted and warned about the same way.
+    * `sendto(data)` on an endpoint over a socket connected to an unnamed Unix socket (one
+      end of a `socket.socketpair()`) sends to that peer. asyncio tells a connected socket
+      by the truth of its peer name, which is ``''`` there, so it calls
+      ``sock.sendto(data, None)`` and closes the transport on the TypeError (uvloop's
+      `test_socketpair` sends). The peer name stays ``''`` (a str equal to it), but true.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._extra.get("peername") == "" and self._sock.family == socket.AF_UNIX:
+            self._extra["peername"] = _UnnamedPeer()
 
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._conn_lost and not self._address:
