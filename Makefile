@@ -4,7 +4,7 @@ VENV := .venvs/$(PY)
 PYTHON := $(VENV)/bin/python
 OTHER_PYS := 3.10 3.12 3.13
 
-.PHONY: dev run test test-main test-others conformance bench lint clean
+.PHONY: dev run test test-main test-others conformance upstream bench lint clean
 
 dev:
 	@scripts/venv.sh $(PY) requirements/test.txt requirements/net.txt
@@ -18,6 +18,7 @@ test-main: dev
 	$(PYTHON) -m pytest -q
 	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py
 	$(PYTHON) tests/conformance/run.py --ci --all
+	$(MAKE) --no-print-directory upstream
 
 test-others:
 	@for v in $(OTHER_PYS); do \
@@ -29,6 +30,11 @@ test-others:
 
 conformance: dev
 	$(PYTHON) tests/conformance/run.py
+
+# uvloop's and anyio's own test suites (tests/upstream), from their pinned sdists.
+upstream: dev
+	$(PYTHON) -m pip install -q -r requirements/upstream.txt
+	$(PYTHON) tests/upstream/run.py --ci -j 2
 
 bench: dev
 	@scripts/venv.sh $(PY) requirements/bench.txt

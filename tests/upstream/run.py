@@ -157,8 +157,16 @@ class Listing:
     line: int
 
 
-def load_expectations(path: Path) -> dict[str, Listing]:
-    """`suite:test-id  # status: reason` per line; blank lines and `#` comments skipped."""
+_STATUS = re.compile(r"^([a-z-]+)(?:\[py(<|>=)(3\.\d+)\])?$")
+
+
+def load_expectations(path: Path, version: tuple[int, int] | None = None) -> dict[str, Listing]:
+    """`suite:test-id  # status: reason` per line; blank lines and `#` comments skipped.
+
+    A status may name the Pythons it holds on, ``asyncio[py<3.13]`` or ``pending[py>=3.12]``;
+    entries for other Pythons than `version` (default: this one) are left out.
+    """
+    version = version or sys.version_info[:2]
     listed: dict[str, Listing] = {}
     for n, raw in enumerate(path.read_text().splitlines(), 1):
         line = raw.strip()
@@ -166,14 +174,21 @@ def load_expectations(path: Path) -> dict[str, Listing]:
             continue
         key, sep, rest = line.partition("  # ")
         status, colon, reason = rest.partition(":")
-        key, status, reason = key.strip(), status.strip(), reason.strip()
+        key, reason = key.strip(), reason.strip()
         suite = key.split(":", 1)[0]
-        if not sep or not colon or not reason or suite not in SUITES or status not in STATUSES:
+        m = _STATUS.match(status.strip())
+        if (not sep or not colon or not reason or suite not in SUITES or m is None
+                or m.group(1) not in STATUSES):
             raise SystemExit(f"{path}:{n}: expected `suite:test-id  # status: reason` with a "
-                             f"status of {', '.join(STATUSES)}; got {raw!r}")
+                             f"status of {', '.join(STATUSES)} (optionally [py<3.N] or "
+                             f"[py>=3.N]); got {raw!r}")
+        if m.group(2):
+            bound = tuple(int(x) for x in m.group(3).split("."))
+            if (version < bound) != (m.group(2) == "<"):
+                continue
         if key in listed:
-            raise SystemExit(f"{path}:{n}: {key} is listed twice")
-        listed[key] = Listing(status, reason, n)
+            raise SystemExit(f"{path}:{n}: {key} is listed twice for this Python")
+        listed[key] = Listing(m.group(1), reason, n)
     return listed
 
 
@@ -263,8 +278,9 @@ def summarize(verdicts: list[Verdicts], expected: dict[str, Listing],
             group = group_of(v.suite, test_id, v.groups)
             row = rows.setdefault((v.suite, group), {
                 "suite": v.suite, "group": group, "tests": 0, "skipped_listed": 0,
-                "stock_passed": 0, "uvloop_passed": 0 if with_uvloop and v.suite == "uvloop"
-                else None, "ferroloop_passed": 0, "on_ferro": 0, "listed": {},
+                "stock_passed": 0,
+                "uvloop_passed": 0 if with_uvloop and group in ("uv", "other") else None,
+                "ferroloop_passed": 0, "on_ferro": 0, "listed": {},
                 "regressions": 0, "flaky": 0, "stale": 0})
             row["tests"] += 1
             listing = expected.get(v.key(test_id))
