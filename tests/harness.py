@@ -129,6 +129,11 @@ def make_result_class() -> type:
             owner = getattr(test, "test_case", test)  # a _SubTest belongs to its test
             cur = self.current
             if cur is None or owner is not self.current_test:
+                if outcome == "skip" and owner is test and hasattr(test, "_testMethodName"):
+                    # 3.12+ skips a skipped test without startTest()/stopTest().
+                    self.sink.emit(event="end", id=test.id(), outcome="skip", detail=detail,
+                                   duration=0.0, ferro=False)
+                    return
                 # setUpClass/tearDownModule... errors (unittest's _ErrorHolder).
                 if outcome not in PASSING:
                     self.sink.emit(event="fixture", id=str(test.id()), outcome=outcome,
