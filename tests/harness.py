@@ -3,9 +3,10 @@ test_asyncio) and `upstream/run.py` (uvloop's and anyio's suites).
 
 A *job* is one test module on one loop, run in worker subprocesses. A worker writes one JSON
 line per event (``tests``: every id it has; ``start``/``end`` of a test with its worst
-outcome; ``fixture`` for a failing class/module fixture; ``note``; ``done``) to a file the
-parent reads, and runs every test under a ``faulthandler.dump_traceback_later(exit=True)``
-watchdog, so a hang that holds the GIL still ends the worker. When a worker dies in a test
+outcome; ``fixture`` for a failing class/module fixture; ``note``; ``meta``, a dict merged
+into `ModuleRun.meta`; ``done``) to a file the parent reads, and runs every test under a
+``faulthandler.dump_traceback_later(exit=True)`` watchdog, so a hang that holds the GIL still
+ends the worker. When a worker dies in a test
 (hang, crash, escaped KeyboardInterrupt) the parent records that test and starts a new worker
 for the same job that skips every test already recorded: one hang costs one test. Jobs have a
 per-job and a whole-run deadline; Ctrl-C/SIGTERM kill every live worker's process group.
