@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import asyncio
 import logging
+import sys
 
 import pytest
 
@@ -100,15 +101,33 @@ def test_writes_after_connection_lost_warn(loop, caplog):
     assert "socket.send() raised exception." in caplog.text
 
 
+@pytest.mark.parametrize(
+    "loop_factory",
+    [
+        pytest.param(
+            "asyncio",
+            marks=pytest.mark.xfail(
+                sys.version_info >= (3, 13),
+                strict=True,
+                reason="asyncio 3.13's transport __del__ detaches from the server it never "
+                "attached to, and Server._wakeup() raises TypeError",
+            ),
+        ),
+        "ferroloop",
+    ],
+    indirect=True,
+)
 def test_connection_accepted_as_the_server_closes(loop, tmp_path):
     """A connection accepted after server.close() has no transport (asyncio's Server refuses
-    to attach one: an AssertionError, logged in debug mode only); the socket it leaves is
+    to attach one: an AssertionError, reported in debug mode only); the socket it leaves is
     collected with a ResourceWarning and no error from the transport's __del__."""
     import gc
-    import sys
     import warnings
 
     unraisable: list[object] = []
+    # Keep only the messages: a context kept (or logged) holds the half-made transport.
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx["message"]))
 
     async def main():
         path = str(tmp_path / "s")
