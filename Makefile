@@ -31,10 +31,11 @@ test-others:
 conformance: dev
 	$(PYTHON) tests/conformance/run.py
 
-# uvloop's and anyio's own test suites (tests/upstream), from their pinned sdists.
+# uvloop's and anyio's own test suites (tests/upstream), from their pinned sdists; their
+# workers mostly wait (threads, sleeps, the watchdog), so 4 at a time on 2 cores.
 upstream: dev
 	$(PYTHON) -m pip install -q -r requirements/upstream.txt
-	$(PYTHON) tests/upstream/run.py --ci -j 2
+	$(PYTHON) tests/upstream/run.py --ci -j 4
 
 bench: dev
 	@scripts/venv.sh $(PY) requirements/bench.txt
