@@ -150,3 +150,35 @@ def test_connection_accepted_as_the_server_closes(loop, tmp_path):
     finally:
         sys.unraisablehook = old_hook
     assert unraisable == []
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio refuses it from 3.12 on")
+def test_second_transport_on_a_socket_is_refused(loop):
+    """create_connection(sock=) with a socket that already has a transport raises asyncio's
+    RuntimeError, and the first transport keeps working."""
+
+    import socket
+
+    async def main():
+        sink: list[Collect] = []
+
+        def factory() -> Collect:
+            sink.append(Collect(5))
+            return sink[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        sock = socket.create_connection(server.sockets[0].getsockname())
+        sock.setblocking(False)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.create_connection(asyncio.Protocol, sock=sock)
+        while not sink:
+            await asyncio.sleep(0)
+        peer = sink[0]
+        transport.write(b"still")
+        assert await asyncio.wait_for(peer.done, 5) == b"still"
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())

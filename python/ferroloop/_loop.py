@@ -188,6 +188,8 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         extra: dict[str, Any] | None = None,
         server: Any = None,
     ) -> SocketTransport:
+        if sys.version_info >= (3, 12):  # asyncio 3.12+ refuses an fd that has a transport
+            self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server)
 
     def _make_datagram_transport(
