@@ -59,6 +59,7 @@ How ferroloop is swapped in (the ferroloop worker only; the stock worker patches
 
 Timeouts, crashes and retries
 -----------------------------
+(The machinery lives in ``tests/harness.py``, shared with ``tests/upstream/run.py``.)
 Workers write one JSON line per event (test started, test finished) as they go, to a file
 the parent reads. Every test (and the fixtures between tests) runs under a
 ``faulthandler.dump_traceback_later(timeout, exit=True)`` watchdog: a test that makes no
