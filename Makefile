@@ -6,7 +6,7 @@ PYTHON := scripts/py.sh $(PY)
 OTHER_PYS := 3.10 3.12 3.13 3.14 3.15
 ALL_PYS := 3.10 3.11 3.12 3.13 3.14 3.15
 
-.PHONY: dev run test test-main test-others wheels conformance bench lint clean
+.PHONY: dev run test test-main test-others wheels conformance upstream bench lint clean
 
 dev:
 	@scripts/venv.sh $(PY) requirements/test.txt requirements/net.txt
@@ -18,8 +18,9 @@ test: test-main test-others
 
 test-main: dev
 	$(PYTHON) -m pytest -q
-	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py
+	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py tests/test_upstream_decisions.py
 	$(PYTHON) tests/conformance/run.py --ci --all
+	$(MAKE) --no-print-directory upstream
 
 test-others:
 	@for v in $(OTHER_PYS); do \
@@ -40,6 +41,12 @@ wheels:
 
 conformance: dev
 	$(PYTHON) tests/conformance/run.py
+
+# uvloop's and anyio's own test suites (tests/upstream), from their pinned sdists; their
+# workers mostly wait (threads, sleeps, the watchdog), so 4 at a time on 2 cores.
+upstream: dev
+	$(PYTHON) -m pip install -q -r requirements/upstream.txt
+	$(PYTHON) tests/upstream/run.py --ci -j 4
 
 bench: dev
 	@scripts/venv.sh $(PY) requirements/bench.txt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import asyncio
 import logging
+import sys
 
 import pytest
 
@@ -98,3 +99,86 @@ def test_writes_after_connection_lost_warn(loop, caplog):
 
     loop.run_until_complete(main())
     assert "socket.send() raised exception." in caplog.text
+
+
+@pytest.mark.parametrize(
+    "loop_factory",
+    [
+        pytest.param(
+            "asyncio",
+            marks=pytest.mark.xfail(
+                sys.version_info >= (3, 13),
+                strict=True,
+                reason="asyncio 3.13's transport __del__ detaches from the server it never "
+                "attached to, and Server._wakeup() raises TypeError",
+            ),
+        ),
+        "ferroloop",
+    ],
+    indirect=True,
+)
+def test_connection_accepted_as_the_server_closes(loop, tmp_path):
+    """A connection accepted after server.close() has no transport (asyncio's Server refuses
+    to attach one: an AssertionError, reported in debug mode only); the socket it leaves is
+    collected with a ResourceWarning and no error from the transport's __del__."""
+    import gc
+    import warnings
+
+    unraisable: list[object] = []
+    # Keep only the messages: a context kept (or logged) holds the half-made transport.
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx["message"]))
+
+    async def main():
+        path = str(tmp_path / "s")
+        server = await loop.create_unix_server(asyncio.Protocol, path)
+        transport, _ = await loop.create_unix_connection(asyncio.Protocol, path)
+        server.close()  # before the accept callback runs
+        await server.wait_closed()
+        await asyncio.sleep(0.01)
+        transport.close()
+        await asyncio.sleep(0)
+
+    old_hook = sys.unraisablehook
+    sys.unraisablehook = unraisable.append
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            loop.run_until_complete(main())
+            loop.close()
+            gc.collect()
+    finally:
+        sys.unraisablehook = old_hook
+    assert unraisable == []
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio refuses it from 3.12 on")
+def test_second_transport_on_a_socket_is_refused(loop):
+    """create_connection(sock=) with a socket that already has a transport raises asyncio's
+    RuntimeError, and the first transport keeps working."""
+
+    import socket
+
+    async def main():
+        sink: list[Collect] = []
+
+        def factory() -> Collect:
+            sink.append(Collect(5))
+            return sink[-1]
+
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        sock = socket.create_connection(server.sockets[0].getsockname())
+        sock.setblocking(False)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.create_connection(asyncio.Protocol, sock=sock)
+        while not sink:
+            await asyncio.sleep(0)
+        peer = sink[0]
+        transport.write(b"still")
+        assert await asyncio.wait_for(peer.done, 5) == b"still"
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())

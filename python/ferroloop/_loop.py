@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._datagram import DatagramTransport
 from ._network import bind_network_methods
 from ._signals import SignalHandlers
 from ._subprocess import ChildWatching
@@ -196,7 +197,21 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
         server: Any = None,
         context: Any = None,
     ) -> SocketTransport:
+        if sys.version_info >= (3, 12):  # asyncio 3.12+ refuses an fd that has a transport
+            self._ensure_fd_no_transport(sock)
         return SocketTransport(self, sock, protocol, waiter, extra, server, context)
+
+    def _make_datagram_transport(
+        self,
+        sock: socket.socket,
+        protocol: Any,
+        address: Any = None,
+        waiter: Any = None,
+        extra: dict[str, Any] | None = None,
+    ) -> DatagramTransport:
+        if sys.version_info >= (3, 12):  # asyncio 3.12+ refuses an fd that has a transport
+            self._ensure_fd_no_transport(sock)
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _stop_serving(self, sock: socket.socket) -> None:
         # The Unix loop's version (3.13+: unlink the socket path it created, unless the

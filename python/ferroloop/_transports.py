@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import sys
 import warnings
-from asyncio import base_events, constants, futures, transports, trsock
+from asyncio import constants, futures, transports, trsock
 from typing import Any
 
 from . import _core
@@ -24,6 +24,24 @@ _DIRECT = (
     "resume_reading",
     "get_write_buffer_size",
 )
+
+def _set_nodelay(sock: socket.socket) -> None:
+    """Disable Nagle's algorithm on a TCP stream socket, as asyncio and uvloop do.
+
+    asyncio's `base_events._set_nodelay` also requires ``sock.proto == IPPROTO_TCP``, so a
+    socket made with plain ``socket.socket()`` (proto 0, which is TCP all the same) and
+    passed as ``sock=`` to `create_connection`/`create_server` keeps Nagle's delay, and so
+    do the connections its listener accepts; uvloop sets the option on every TCP stream
+    (its test_tcp `test_create_server_1`, `test_create_connection_open_con_sock`), and so do
+    we. Other protocols over SOCK_STREAM (SCTP) are left alone.
+    """
+    if (
+        sock.family in (socket.AF_INET, socket.AF_INET6)
+        and sock.type == socket.SOCK_STREAM
+        and sock.proto in (0, socket.IPPROTO_TCP)
+    ):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
 
 # Server._attach/_detach take the transport from 3.13 on.
 _SERVER_TAKES_TRANSPORT = sys.version_info >= (3, 13)
@@ -69,14 +87,17 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
         self._core = core
         for name in _DIRECT:
             setattr(self, name, getattr(core, name))
-        self._server = server
+        # Set once attached: _attach() asserts that the server is still open, and a
+        # transport whose __init__ failed there must not detach in __del__.
+        self._server = None
         if server is not None:
             if _SERVER_TAKES_TRANSPORT:
                 server._attach(self)
             else:
                 server._attach()
+            self._server = server
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)  # type: ignore[attr-defined]
+        _set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self, context=context)
         loop.call_soon(core._start_reading, context=context)
         if waiter is not None:

@@ -59,6 +59,7 @@ How ferroloop is swapped in (the ferroloop worker only; the stock worker patches
 
 Timeouts, crashes and retries
 -----------------------------
+(The machinery lives in ``tests/harness.py``, shared with ``tests/upstream/run.py``.)
 Workers write one JSON line per event (test started, test finished) as they go, to a file
 the parent reads. Every test (and the fixtures between tests) runs under a
 ``faulthandler.dump_traceback_later(timeout, exit=True)`` watchdog: a test that makes no
@@ -97,7 +98,6 @@ timeout).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import dataclasses
 import hashlib
 import importlib.util
@@ -108,18 +108,30 @@ import platform
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from harness import (  # noqa: E402  (tests/harness.py, shared with upstream/run.py)
+    ESCAPED,
+    ModuleRun,
+    Sink,
+    count_instances,
+    first_line_of_error,
+    in_pool,
+    iter_tests,
+    make_result_class,
+    run_job,
+)
+
 EXPECTED_FILE = HERE / "expected_failures.txt"
 PREFIX = "test.test_asyncio."
 
@@ -148,14 +160,6 @@ CI_MODULES = (
 STOCK, FERRO = "stock", "ferroloop"
 LOOPS = (STOCK, FERRO)
 
-# Outcomes a worker records, from best to worst; a test's outcome is the worst it got
-# (subtests, errors in tearDown after a failure...).
-PASSING = ("pass", "xfail")
-SEVERITY = {"pass": 0, "xfail": 0, "skip": 1, "xpass": 2, "fail": 3, "error": 4}
-
-# A worker's exit status after a KeyboardInterrupt/SystemExit escaped a test (recorded).
-ESCAPED = 3
-
 # Loop-factory hooks of mixin test classes (see the module docstring).
 LOOP_HOOKS = ("create_event_loop", "new_loop")
 
@@ -168,16 +172,6 @@ def short_id(test_id: str) -> str:
 # Worker: runs one test module in this process and streams results as JSON lines.
 # ---------------------------------------------------------------------------------------
 
-
-class _Sink:
-    def __init__(self, f: Any) -> None:
-        self._f = f
-
-    def emit(self, **event: Any) -> None:
-        self._f.write(json.dumps(event) + "\n")
-        self._f.flush()
-
-
 def _install_ferroloop() -> list[int]:
     """Swap ferroloop in (see the module docstring); returns the loop-creation counter."""
     import asyncio
@@ -187,14 +181,7 @@ def _install_ferroloop() -> list[int]:
     import ferroloop
     from ferroloop import _loop
 
-    created = [0]
-    original_init = _loop.Loop.__init__
-
-    def counting_init(self: Any, *args: Any, **kwargs: Any) -> None:
-        created[0] += 1
-        original_init(self, *args, **kwargs)
-
-    _loop.Loop.__init__ = counting_init  # type: ignore[method-assign]
+    created = count_instances(_loop.Loop)
 
     with warnings.catch_warnings():
         # 3.14+ deprecates the policy system: naming the policy classes warns.
@@ -248,124 +235,6 @@ def _patch_loop_hooks(tests: Iterable[Any]) -> list[str]:
                 patched.append(f"{cls.__qualname__}.{hook}")
     return patched
 
-
-def _iter_tests(suite: Any) -> Iterator[Any]:
-    import unittest
-
-    for item in suite:
-        if isinstance(item, unittest.TestSuite):
-            yield from _iter_tests(item)
-        else:
-            yield item
-
-
-def _make_result_class() -> type:
-    import unittest
-
-    class RecordingResult(unittest.TestResult):
-        """Records each test's worst outcome and streams start/end events."""
-
-        def __init__(self, sink: _Sink, timeout: float, created: list[int]) -> None:
-            super().__init__()
-            self.sink = sink
-            self.timeout = timeout
-            self.created = created
-            self.current: dict[str, Any] | None = None
-            self.current_test: Any = None
-            self.last: dict[str, Any] | None = None  # the last test that ended
-
-        def arm(self) -> None:
-            import faulthandler
-
-            faulthandler.dump_traceback_later(self.timeout, exit=True)
-
-        def startTest(self, test: Any) -> None:
-            super().startTest(test)
-            self.arm()
-            self.current_test = test
-            # 3.10's IsolatedAsyncioTestCase makes its loop before startTest().
-            made_before = getattr(test, "_asyncioTestLoop", None) is not None and (
-                type(test._asyncioTestLoop).__module__.startswith("ferroloop"))
-            self.current = {
-                "id": test.id(),
-                "outcome": "pass",
-                "detail": None,
-                "t0": time.monotonic(),
-                "created0": self.created[0] - (1 if made_before else 0),
-            }
-            self.sink.emit(event="start", id=test.id())
-
-        def stopTest(self, test: Any) -> None:
-            cur = self.current
-            if cur is not None:
-                self.sink.emit(
-                    event="end",
-                    id=cur["id"],
-                    outcome=cur["outcome"],
-                    detail=cur["detail"],
-                    duration=round(time.monotonic() - cur["t0"], 3),
-                    ferro=self.created[0] > cur["created0"],
-                )
-            self.last = cur
-            self.current = None
-            self.current_test = None
-            self.arm()
-            super().stopTest(test)
-
-        def _record(self, test: Any, outcome: str, detail: str | None) -> None:
-            owner = getattr(test, "test_case", test)  # a _SubTest belongs to its test
-            cur = self.current
-            if cur is None or owner is not self.current_test:
-                # setUpClass/tearDownModule... errors (unittest's _ErrorHolder).
-                if outcome not in PASSING:
-                    self.sink.emit(event="fixture", id=str(test.id()), outcome=outcome,
-                                   detail=detail)
-                return
-            if owner is not test and outcome == "skip":
-                return  # a skipped subtest does not make the whole test skipped
-            if SEVERITY[outcome] >= SEVERITY[cur["outcome"]]:
-                cur["outcome"] = outcome
-            if detail and outcome not in PASSING:
-                prefix = f"[{test.id()}] " if owner is not test else ""
-                cur["detail"] = ((cur["detail"] + "\n") if cur["detail"] else "") + prefix + detail
-
-        def _format(self, err: Any, test: Any) -> str:
-            # unittest's own formatting, which drops unittest's frames.
-            return str(self._exc_info_to_string(err, test))  # type: ignore[attr-defined]
-
-        def addSuccess(self, test: Any) -> None:
-            super().addSuccess(test)
-            self._record(test, "pass", None)
-
-        def addError(self, test: Any, err: Any) -> None:
-            super().addError(test, err)
-            self._record(test, "error", self._format(err, test))
-
-        def addFailure(self, test: Any, err: Any) -> None:
-            super().addFailure(test, err)
-            self._record(test, "fail", self._format(err, test))
-
-        def addSkip(self, test: Any, reason: str) -> None:
-            super().addSkip(test, reason)
-            self._record(test, "skip", reason)
-
-        def addExpectedFailure(self, test: Any, err: Any) -> None:
-            super().addExpectedFailure(test, err)
-            self._record(test, "xfail", None)
-
-        def addUnexpectedSuccess(self, test: Any) -> None:
-            super().addUnexpectedSuccess(test)
-            self._record(test, "xpass", "unexpected success")
-
-        def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:
-            super().addSubTest(test, subtest, err)
-            if err is not None:
-                outcome = "fail" if issubclass(err[0], test.failureException) else "error"
-                self._record(subtest, outcome, self._format(err, test))
-
-    return RecordingResult
-
-
 def worker_main(args: argparse.Namespace) -> None:
     import faulthandler
     import warnings
@@ -374,10 +243,10 @@ def worker_main(args: argparse.Namespace) -> None:
     if not sys.warnoptions:
         warnings.simplefilter("default")  # as unittest.main() does
     with open(args.out, "a", buffering=1, encoding="utf-8") as f:
-        _worker_run(args, _Sink(f))
+        _worker_run(args, Sink(f))
 
 
-def _worker_run(args: argparse.Namespace, sink: _Sink) -> None:
+def _worker_run(args: argparse.Namespace, sink: Sink) -> None:
     import faulthandler
     import unittest
 
@@ -399,7 +268,7 @@ def _worker_run(args: argparse.Namespace, sink: _Sink) -> None:
         sink.emit(event="done")
         sys.stdout.flush()
         os._exit(0)
-    tests = list(_iter_tests(suite))
+    tests = list(iter_tests(suite))
     if args.loop == FERRO:
         patched = _patch_loop_hooks(tests)
         if patched:
@@ -407,7 +276,7 @@ def _worker_run(args: argparse.Namespace, sink: _Sink) -> None:
     sink.emit(event="tests", ids=[t.id() for t in tests])
     tests = [t for t in tests if t.id() not in skip and (only is None or t.id() in only)]
 
-    result = _make_result_class()(sink, args.timeout, created)
+    result = make_result_class()(sink, args.timeout, created)
     try:
         unittest.TestSuite(tests).run(result)
     except (KeyboardInterrupt, SystemExit) as exc:  # what unittest lets out of a test
@@ -439,192 +308,13 @@ def _worker_run(args: argparse.Namespace, sink: _Sink) -> None:
 # Parent: schedules workers, resumes after hangs/crashes, compares, reports.
 # ---------------------------------------------------------------------------------------
 
-
-@dataclass
-class ModuleRun:
-    module: str
-    loop: str
-    ids: list[str] = field(default_factory=list)  # every test the module has, in order
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fixtures: dict[str, dict[str, Any]] = field(default_factory=dict)
-    harness_errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    workers: int = 0
-    seconds: float = 0.0
-    skipped_reason: str | None = None  # the whole module raised SkipTest
-
-    def passed(self) -> set[str]:
-        return {i for i, r in self.results.items() if r["outcome"] in PASSING}
-
-    def outcome(self, test_id: str) -> str:
-        r = self.results.get(test_id)
-        return r["outcome"] if r else "missing"
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-# Workers alive now, killed (with their process groups) if the run is interrupted.
-_LIVE: set[subprocess.Popen[bytes]] = set()
-_LIVE_LOCK = threading.Lock()
-_STOP = threading.Event()
-
-
-def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _in_pool(jobs: int, fn: Any, arglist: list[tuple[Any, ...]]) -> Iterator[tuple[Any, Any]]:
-    """Yields (args, fn(*args)) as they finish, `jobs` at a time. On an exception here
-    (Ctrl-C, SIGTERM) no new worker starts and the running ones are killed."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs))
-    try:
-        futs = {pool.submit(fn, *args): args for args in arglist}
-        for fut in concurrent.futures.as_completed(futs):
-            yield futs[fut], fut.result()
-    except BaseException:
-        _STOP.set()
-        with _LIVE_LOCK:
-            for proc in list(_LIVE):
-                _kill(proc)
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
-
-
 def run_module(module: str, loop: str, opts: argparse.Namespace, workdir: Path,
                only: set[str] | None = None, tag: str = "") -> ModuleRun:
-    """Runs one module on one loop, in as many workers as hangs and crashes need."""
-    run = ModuleRun(module, loop)
-    jobdir = workdir / f"{module}.{loop}{tag}"
-    jobdir.mkdir(parents=True, exist_ok=True)
-    t_start = time.monotonic()
-    deadline = t_start + opts.module_timeout
-    limit = f"module timeout ({opts.module_timeout:g}s)"
-    if opts.deadline is not None and opts.deadline < deadline:
-        deadline, limit = opts.deadline, f"total timeout ({opts.total_timeout:g}s)"
-    max_workers = opts.max_restarts + 1
-    known: set[str] = set()
-    while run.workers < max_workers:
-        n = run.workers
-        run.workers += 1
-        out = jobdir / f"events.{n}.jsonl"
-        log = jobdir / f"log.{n}.txt"
-        skip_file = jobdir / f"skip.{n}.txt"
-        skip = set(run.results) | (opts.not_run if loop == FERRO else set())
-        skip_file.write_text("\n".join(sorted(skip)))
-        cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--worker",
-               "--loop", loop, "--module", module, "--out", str(out),
-               "--timeout", str(opts.timeout), "--skip-file", str(skip_file)]
-        if only is not None:
-            only_file = jobdir / "only.txt"
-            only_file.write_text("\n".join(sorted(only)))
-            cmd += ["--only-file", str(only_file)]
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            run.harness_errors.append(f"{limit} reached")
-            break
-        if _STOP.is_set():
-            run.harness_errors.append("interrupted")
-            break
-        env = dict(os.environ)
-        env.pop("PYTHONASYNCIODEBUG", None)  # both runs in the same mode
-        if opts.asyncio_debug:
-            env["PYTHONASYNCIODEBUG"] = "1"
-        rc: int | None
-        with open(log, "wb") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=jobdir,
-                                    env=env, start_new_session=True)
-            with _LIVE_LOCK:
-                _LIVE.add(proc)
-            try:
-                rc = proc.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                _kill(proc)
-                proc.wait()
-                rc = None
-            finally:
-                with _LIVE_LOCK:
-                    _LIVE.discard(proc)
-        # Read what the worker managed to record.
-        done = False
-        in_progress: str | None = None
-        new_results = 0
-        try:
-            lines = out.read_text().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            kind = ev.get("event")
-            if kind == "tests":
-                for i in ev["ids"]:
-                    if i not in known:
-                        known.add(i)
-                        run.ids.append(i)
-            elif kind == "start":
-                in_progress = ev["id"]
-            elif kind == "end":
-                run.results[ev["id"]] = ev
-                new_results += 1
-                in_progress = None
-            elif kind == "fixture":
-                run.fixtures.setdefault(ev["id"], ev)
-            elif kind == "note":
-                if ev["text"] not in run.notes:
-                    run.notes.append(ev["text"])
-            elif kind == "module_skipped":
-                run.skipped_reason = ev["reason"]
-            elif kind == "done":
-                done = True
-        if done:
-            break
-        tail = _tail(log)
-        if in_progress is None and rc is not None and rc != ESCAPED:
-            # The worker died between tests (a class/module fixture, or before the first
-            # test started): blame the next test it would have run, so the next worker
-            # makes progress.
-            in_progress = next((i for i in run.ids if i not in run.results
-                                and i not in skip and (only is None or i in only)), None)
-            if in_progress is not None:
-                tail = "(died outside a test, before this one started)\n" + tail
-        if in_progress is not None:
-            if rc is None:
-                outcome, what = "timeout", f"{limit} hit here"
-            elif re.search(r"^Timeout \(\d+:\d\d:\d\d(\.\d+)?\)!$", tail, re.MULTILINE):
-                outcome, what = "timeout", f"no progress for {opts.timeout}s"
-            elif rc < 0:
-                outcome, what = "crash", f"worker killed by signal {-rc}"
-            else:
-                outcome, what = "crash", f"worker exited with status {rc}"
-            run.results[in_progress] = {
-                "event": "end", "id": in_progress, "outcome": outcome, "summary": what,
-                "detail": f"{what}; worker output tail:\n{tail}", "duration": None,
-                "ferro": None,
-            }
-            new_results += 1
-        if rc is None:
-            run.harness_errors.append(f"{limit} reached")
-            break
-        if new_results == 0:
-            run.harness_errors.append(
-                f"worker exited with status {rc} without running a test; output tail:\n{tail}")
-            break
-    else:
-        run.harness_errors.append(f"gave up after {max_workers} workers")
-    run.seconds = time.monotonic() - t_start
-    return run
+    """Runs one test_asyncio module on one loop (see harness.run_job)."""
+    cmd = [sys.executable, "-X", "faulthandler", str(Path(__file__).resolve()), "--worker",
+           "--loop", loop, "--module", module]
+    never_run = opts.not_run if loop == FERRO else set()
+    return run_job(module, loop, cmd, opts, workdir, only, tag, never_run=never_run)
 
 
 def default_stock_cache() -> Path:
@@ -709,18 +399,6 @@ def load_expected(path: Path) -> tuple[dict[str, str], set[str]]:
         if words[1:]:
             not_run.add(PREFIX + short_id(words[0]))
     return expected, not_run
-
-
-def first_line_of_error(detail: str | None) -> str:
-    if not detail:
-        return ""
-    lines = [ln for ln in detail.strip().splitlines() if ln.strip()]
-    # The exception line is the last non-indented line of a traceback.
-    for ln in reversed(lines):
-        if not ln.startswith((" ", "\t")):
-            return ln.strip()[:300]
-    return lines[-1].strip()[:300] if lines else ""
-
 
 @dataclass
 class Comparison:
@@ -904,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         return r
 
     def run_all() -> list[Comparison]:
-        for (m, loop), r in _in_pool(opts.jobs, job, jobs):
+        for (m, loop), r in in_pool(opts.jobs, job, jobs):
             runs[(m, loop)] = r
         comps = [compare(runs[(m, STOCK)], runs[(m, FERRO)]) for m in modules]
 
@@ -920,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             retry_jobs = [(m, FERRO, opts, workdir, ids, f".retry{attempt}")
                           for m, ids in todo.items()]
-            for args, retry in _in_pool(opts.jobs, run_module, retry_jobs):
+            for args, retry in in_pool(opts.jobs, run_module, retry_jobs):
                 comp = next(c for c in comps if c.module == args[0])
                 for test_id in retry.passed():
                     if test_id in comp.regressions:
