@@ -506,7 +506,7 @@ impl SockCall {
             }
             dir
         };
-        LoopCore::add_io_fd(lp, fd, slf.as_any(), &PyTuple::empty(py), dir, true)?;
+        LoopCore::add_io_fd(lp, fd, slf.as_any(), &PyTuple::empty(py), dir)?;
         // A bound method, not the call itself: in debug mode the future's call_soon
         // refuses coroutines as callbacks.
         let done = slf.getattr(pyo3::intern!(py, "_done"))?;

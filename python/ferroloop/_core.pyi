@@ -3,6 +3,7 @@
 import asyncio
 import contextvars
 import socket
+import sys
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any, TypeVar, final
 
@@ -20,13 +21,16 @@ class Handle:
 
     def cancel(self) -> None: ...
     def cancelled(self) -> bool: ...
-    def get_context(self) -> contextvars.Context: ...
+    if sys.version_info >= (3, 12):
+        # New in asyncio 3.12; absent from builds for older interpreters, as there.
+        def get_context(self) -> contextvars.Context: ...
 
 @final
 class TimerHandle(Handle):
     """A callback scheduled for a time by call_at/call_later."""
 
-    def when(self) -> float: ...
+    def when(self) -> float:
+        """The deadline: the very object call_at() was given (an int stays an int)."""
 
 @disjoint_base
 class LoopCore:
@@ -63,7 +67,8 @@ class LoopCore:
     def stop(self) -> None: ...
     def is_running(self) -> bool: ...
     def is_closed(self) -> bool: ...
-    def get_debug(self) -> bool: ...
+    def get_debug(self) -> bool:
+        """What set_debug() was given, as asyncio returns it (1 stays 1)."""
     def _add_reader(
         self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
     ) -> Handle: ...

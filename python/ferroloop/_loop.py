@@ -65,9 +65,11 @@ class _SelectorView:
         self._loop = weakref.ref(loop)
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         loop = self._loop()
-        events = loop._fd_events(fd) if loop is not None and not loop.is_closed() else 0
+        if loop is None or loop.is_closed():
+            raise RuntimeError("Selector is closed")
+        fd = loop._fd_of(fileobj)  # selectors' lookup, by the object for a closed socket
+        events = loop._fd_events(fd) if fd >= 0 else 0
         if not events:
             raise KeyError(f"{fileobj!r} is not registered")
         return selectors.SelectorKey(fileobj, fd, events, None)

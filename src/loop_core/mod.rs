@@ -1,6 +1,7 @@
 //! `LoopCore`: the Rust half of `ferroloop.Loop` — ready queue, timers, fd watchers,
 //! task creation — and the `_core` module's registration.
 
+mod deadline;
 pub(crate) mod fds;
 pub(crate) mod handles;
 mod run;
@@ -10,18 +11,19 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
-use crate::errors::{closed_error, fileobj_to_fd, os_error};
+use crate::errors::{closed_error, fd_overflow, fileobj_to_fd, os_error};
 use crate::gil_cell::GilCell;
 use crate::poller::Poller;
 use crate::pyapi;
 use crate::sock_ops::{Op, SockCall};
+use deadline::When;
 use fds::{Dir, Fds};
 use handles::{Handle, HandleState, TimerHandle};
 use timers::Timers;
@@ -35,6 +37,13 @@ pub(crate) struct State {
     closed: bool,
     stopping: bool,
     debug: bool,
+    /// The object `set_debug()` was given, which `get_debug()` returns as asyncio does.
+    debug_obj: Option<Py<PyAny>>,
+    /// The loop's type, and whether it overrides `time()` (checked again when the
+    /// instance's class changes).
+    time_type: (usize, bool),
+    /// `time` was set on the instance (`mock.patch.object(loop, "time")`).
+    instance_time: bool,
     thread_id: Option<u64>,
     current_handle: Option<Py<Handle>>,
     task_factory: Option<Py<PyAny>>,
@@ -61,6 +70,7 @@ const HANDLE_POOL_MAX: usize = 16384;
 const TIMER_POOL_MAX: usize = 4096;
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static CORE_TIME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TASK_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl LoopCore {
@@ -142,7 +152,7 @@ impl LoopCore {
 
     fn schedule_at(
         slf: &Bound<'_, Self>,
-        when: f64,
+        when: When<'_>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
@@ -151,13 +161,16 @@ impl LoopCore {
         let py = slf.py();
         slf.get().check_closed(py)?;
         let base = Self::new_handle(slf, callback, args, context, Some(method))?;
+        // After asyncio's own checks: a deadline its run step would fail on (a str, a
+        // Decimal, 10**400) raises the same exception type here, at the call.
+        let (when, obj) = when.resolve(py, || Self::now(slf))?;
         let pooled = slf.get().st.borrow_mut(py).timer_pool.pop();
         let timer = match pooled {
             Some(timer) => {
-                let _empty = TimerHandle::rearm(timer.bind(py), base, when);
+                let _empty = TimerHandle::rearm(timer.bind(py), base, when, obj);
                 timer
             }
-            None => Py::new(py, TimerHandle::new_init(Handle::new(base), when))?,
+            None => Py::new(py, TimerHandle::new_init(Handle::new(base), when, obj))?,
         };
         slf.get()
             .st
@@ -167,38 +180,138 @@ impl LoopCore {
         Ok(timer)
     }
 
+    /// Whether `time()` is not the core's own: replaced on the instance or overridden
+    /// by a subclass (asyncio's run step calls `self.time()`, and test tools replace it).
+    fn custom_time(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let tp = slf.get_type();
+        {
+            let st = slf.get().st.borrow(py);
+            if st.instance_time {
+                return Ok(true);
+            }
+            if st.time_type.0 == tp.as_ptr() as usize {
+                return Ok(st.time_type.1);
+            }
+        }
+        let core_time = CORE_TIME.get_or_try_init(py, || {
+            py.get_type::<LoopCore>().getattr("time").map(Bound::unbind)
+        })?;
+        let overridden = !tp.getattr(pyo3::intern!(py, "time"))?.is(core_time.bind(py));
+        slf.get().st.borrow_mut(py).time_type = (tp.as_ptr() as usize, overridden);
+        Ok(overridden)
+    }
+
+    /// The loop's time: the monotonic clock, or the `time()` that replaced it.
+    pub(crate) fn now(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        if Self::custom_time(slf)? {
+            return slf.call_method0(pyo3::intern!(slf.py(), "time"))?.extract();
+        }
+        Ok(clock::monotonic())
+    }
+
+    /// The fd `fileobj` names, as selectors finds it: by its number or, when that fails
+    /// (a closed socket's `fileno()` is -1), by the registration made with the object
+    /// itself. `Ok(None)`: a number too big for any registration. When found by the
+    /// object, the ValueError its number gave comes along.
+    fn lookup_fd(
+        &self,
+        py: Python<'_>,
+        fileobj: &Bound<'_, PyAny>,
+    ) -> PyResult<(Option<RawFd>, Option<PyErr>)> {
+        match fileobj_to_fd(fileobj) {
+            Ok(fd) => Ok((fd, None)),
+            Err(e) if e.is_instance_of::<PyValueError>(py) => {
+                match self.st.borrow(py).fds.find_fileobj(fileobj) {
+                    Some(fd) => Ok((Some(fd), Some(e))),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub(crate) fn add_io(
         slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
+        fileobj: &Bound<'_, PyAny>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         dir: Dir,
     ) -> PyResult<Py<Handle>> {
-        slf.get().check_closed(slf.py())?;
-        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir, false)
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let fd = match this.lookup_fd(py, fileobj)? {
+            (None, _) => return Err(fd_overflow()),
+            (Some(fd), None) => fd,
+            // Found by the object (a closed socket): selectors replaces a watcher
+            // there without a system call, but a new direction makes it modify the
+            // closed fd's registration, which fails with EBADF and drops it.
+            (Some(fd), Some(_)) => {
+                if !this.st.borrow(py).fds.get(fd).is_some_and(|e| e.has(dir)) {
+                    Self::forget_fd(slf, fd)?;
+                    return Err(os_error(nix::errno::Errno::EBADF));
+                }
+                fd
+            }
+        };
+        let fileobj = Some(fileobj.clone().unbind());
+        Self::watch(slf, fd, callback, args, dir, false, fileobj)
     }
 
-    /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
-    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
-    /// `sock_call`: the callback is a socket call (see `Fds`).
+    /// Drops every watcher of `fd` (cancelled) and its registration.
+    fn forget_fd(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
+        let py = slf.py();
+        for dir in [Dir::Read, Dir::Write] {
+            let (old, fileobj) = {
+                let mut st = slf.get().st.borrow_mut(py);
+                let Some(poller) = st.poller.clone() else {
+                    return Ok(());
+                };
+                st.fds.remove(&poller, fd, dir, None).map_err(os_error)?
+            };
+            drop(fileobj);
+            if let Some(old) = old {
+                Handle::do_cancel(old.bind(py))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches `fd` for `dir` with a new handle for `callback(*args)`, for a socket
+    /// call (see `Fds`).
     pub(crate) fn add_io_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         dir: Dir,
+    ) -> PyResult<Py<Handle>> {
+        Self::watch(slf, fd, callback, args, dir, true, None)
+    }
+
+    /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
+    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
+    fn watch(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        dir: Dir,
         sock_call: bool,
+        fileobj: Option<Py<PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
         let handle = Self::handle_for(slf, Self::new_handle(slf, callback, args, None, None)?)?;
-        let old = {
+        let (old, old_fileobj) = {
             let mut st = slf.get().st.borrow_mut(py);
             let poller = st.poller.clone().ok_or_else(closed_error)?;
             st.fds
-                .add(&poller, fd, dir, handle.clone_ref(py), sock_call)
+                .add(&poller, fd, dir, handle.clone_ref(py), sock_call, fileobj)
                 .map_err(os_error)?
         };
+        drop(old_fileobj);
         if let Some(old) = old {
             Handle::do_cancel(old.bind(py))?;
         }
@@ -237,19 +350,20 @@ impl LoopCore {
         fd: RawFd,
         dir: Dir,
         owner: &Bound<'_, PyAny>,
-        take: impl FnOnce(&mut Fds, &Poller) -> nix::Result<Option<Py<Handle>>>,
+        take: impl FnOnce(&mut Fds, &Poller) -> nix::Result<fds::Released>,
     ) -> PyResult<()> {
         let py = slf.py();
         if !slf.get().watched_by(py, fd, dir, owner) {
             return Ok(());
         }
-        let old = {
+        let (old, fileobj) = {
             let mut st = slf.get().st.borrow_mut(py);
             let Some(poller) = st.poller.clone() else {
                 return Ok(());
             };
             take(&mut st.fds, &poller).map_err(os_error)?
         };
+        drop(fileobj);
         if let Some(old) = old {
             Handle::do_cancel(old.bind(py))?;
         }
@@ -282,27 +396,31 @@ impl LoopCore {
         owner: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         Self::drop_watcher_of(slf, fd, dir, owner, |fds, poller| {
-            fds.remove(poller, fd, dir)
+            fds.remove(poller, fd, dir, None)
         })
     }
 
     pub(crate) fn remove_io(
         slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
+        fileobj: &Bound<'_, PyAny>,
         dir: Dir,
     ) -> PyResult<bool> {
         let py = slf.py();
         if slf.get().st.borrow(py).closed {
             return Ok(false);
         }
-        let fd = fileobj_to_fd(fd)?;
-        let old = {
+        let (Some(fd), _) = slf.get().lookup_fd(py, fileobj)? else {
+            return Ok(false);
+        };
+        let (old, old_fileobj) = {
             let mut st = slf.get().st.borrow_mut(py);
             let Some(poller) = st.poller.clone() else {
                 return Ok(false);
             };
-            st.fds.remove(&poller, fd, dir).map_err(os_error)?
+            let named = Some(fileobj.clone().unbind());
+            st.fds.remove(&poller, fd, dir, named).map_err(os_error)?
         };
+        drop(old_fileobj);
         match old {
             Some(old) => {
                 old.bind(py).call_method0("cancel")?;
@@ -329,6 +447,9 @@ impl LoopCore {
                 closed: false,
                 stopping: false,
                 debug: false,
+                debug_obj: None,
+                time_type: (0, false),
+                instance_time: false,
                 thread_id: None,
                 current_handle: None,
                 task_factory: None,
@@ -381,16 +502,21 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let now = clock::monotonic();
-        // asyncio computes `self.time() + delay`: anything that adds to a float goes,
-        // anything else (Decimal, str) raises TypeError.
-        let when = if delay.is_exact_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
-            now + delay.extract::<f64>()?
+        // asyncio: `self.call_at(self.time() + delay, ...)`. Float and int delays on the
+        // core's clock are added here; anything else is added as Python adds it.
+        let when = if Self::custom_time(slf)? {
+            let now = slf.call_method0(pyo3::intern!(py, "time"))?;
+            When::Object(now.add(delay)?)
+        } else if let Ok(d) = delay.cast_exact::<PyFloat>() {
+            When::Computed(clock::monotonic() + d.value())
+        } else if let Ok(d) = delay.cast_exact::<PyInt>() {
+            When::Computed(clock::monotonic() + deadline::int_value(d)?)
         } else {
-            PyFloat::new(slf.py(), now).add(delay)?.extract::<f64>()?
+            When::Object(PyFloat::new(py, clock::monotonic()).add(delay)?)
         };
         Self::schedule_at(slf, when, callback, args, context, "call_later")
     }
@@ -406,7 +532,8 @@ impl LoopCore {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        Self::schedule_at(slf, when.extract()?, callback, args, context, "call_at")
+        let when = When::Object(when.clone());
+        Self::schedule_at(slf, when, callback, args, context, "call_at")
     }
 
     /// Stop after the callbacks of the current iteration have run.
@@ -422,19 +549,54 @@ impl LoopCore {
         self.st.borrow(py).closed
     }
 
-    fn get_debug(&self, py: Python<'_>) -> bool {
-        self.debug(py)
+    /// What `set_debug()` was given (asyncio returns the object itself: 1 stays 1).
+    fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
+        let st = self.st.borrow(py);
+        match &st.debug_obj {
+            Some(obj) => obj.clone_ref(py),
+            None => pyo3::types::PyBool::new(py, st.debug)
+                .to_owned()
+                .into_any()
+                .unbind(),
+        }
     }
 
     #[getter(_debug)]
-    fn get_debug_attr(&self, py: Python<'_>) -> bool {
-        self.debug(py)
+    fn get_debug_attr(&self, py: Python<'_>) -> Py<PyAny> {
+        self.get_debug(py)
     }
 
     #[setter(_debug)]
     fn set_debug_attr(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let value = value.is_truthy()?;
-        self.st.borrow_mut(py).debug = value;
+        let on = value.is_truthy()?;
+        let old = {
+            let mut st = self.st.borrow_mut(py);
+            st.debug = on;
+            st.debug_obj.replace(value.clone().unbind())
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// Notes a `time` set on or deleted from the instance, which the run step must then
+    /// call; every other attribute is set as `object.__setattr__` sets it.
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        pyapi::generic_setattr(slf.as_any(), name, Some(value))?;
+        if name.eq(pyo3::intern!(slf.py(), "time"))? {
+            slf.get().st.borrow_mut(slf.py()).instance_time = true;
+        }
+        Ok(())
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        pyapi::generic_setattr(slf.as_any(), name, None)?;
+        if name.eq(pyo3::intern!(slf.py(), "time"))? {
+            slf.get().st.borrow_mut(slf.py()).instance_time = false;
+        }
         Ok(())
     }
 
@@ -555,6 +717,12 @@ impl LoopCore {
 
     fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Self::remove_io(slf, fd, Dir::Write)
+    }
+
+    /// The fd `fileobj` names for the selector view (`_SelectorView.get_key`): -1 if
+    /// none could be registered.
+    fn _fd_of(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        Ok(self.lookup_fd(py, fileobj)?.0.unwrap_or(-1))
     }
 
     /// The events watched on `fd`: 1 (read) | 2 (write), 0 if none (selectors' masks).
@@ -724,10 +892,13 @@ impl LoopCore {
         {
             visit.call(h)?;
         }
+        for obj in st.fds.fileobjs() {
+            visit.call(obj)?;
+        }
         for t in st.timers.iter().chain(st.timer_pool.iter()) {
             visit.call(t)?;
         }
-        for obj in [&st.task_factory].into_iter().flatten() {
+        for obj in [&st.task_factory, &st.debug_obj].into_iter().flatten() {
             visit.call(obj)?;
         }
         if let Some(h) = &st.current_handle {
@@ -745,6 +916,7 @@ impl LoopCore {
                     st.timers.take_all(),
                     st.fds.take_all(),
                     st.task_factory.take(),
+                    st.debug_obj.take(),
                     st.current_handle.take(),
                     std::mem::take(&mut st.handle_pool),
                     std::mem::take(&mut st.timer_pool),
