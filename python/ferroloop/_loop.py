@@ -157,6 +157,7 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
         flags: int = 0,
     ) -> list[Any]:
         """`socket.getaddrinfo` without blocking the loop, as asyncio's."""
+        self._check_closed()  # asyncio's run_in_executor() checks, whatever the address
         if not self._debug and _is_numeric(host, port):
             # Nothing to resolve: answer here rather than round-trip through a thread.
             return socket.getaddrinfo(

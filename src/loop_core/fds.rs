@@ -110,17 +110,11 @@ impl Fds {
             Dir::Write => w = true,
         }
         let oneshot = sock_call && dir == Dir::Read && !w;
-        // Only a change of interest reaches the poller (a replaced watcher does not, as
-        // selectors' modify() with unchanged events makes no system call). A known fd
-        // gets MOD, which falls back to ADD when the registration is gone (the fd was
-        // closed and its number reused since it was parked).
-        // (A one-shot registration may have fired and be disabled: always re-armed.)
-        let unchanged = entry.is_some_and(|e| {
-            !e.parked && !e.oneshot && !oneshot && e.interest() == (r, w)
-        });
-        if !unchanged {
-            poller.set_interest(fd, known, r, w, oneshot)?;
-        }
+        // A known fd gets MOD, which falls back to ADD when the registration is gone
+        // (the fd was closed and its number reused since: the new file is watched,
+        // where selectors' modify() with unchanged events makes no system call and the
+        // watcher never runs).
+        poller.set_interest(fd, known, r, w, oneshot)?;
         let entry = self.map.entry(fd).or_default();
         entry.oneshot = oneshot;
         if std::mem::take(&mut entry.parked) {
@@ -134,6 +128,19 @@ impl Fds {
             fileobj
         };
         Ok((entry.slot(dir).replace(handle), old_fileobj))
+    }
+
+    /// Replaces the watcher of `dir`, which must be there, without a system call (for
+    /// a closed socket, whose fd number is stale). Returns the replaced handle.
+    pub(crate) fn replace(
+        &mut self,
+        fd: RawFd,
+        dir: Dir,
+        handle: Py<Handle>,
+    ) -> Option<Py<Handle>> {
+        let entry = self.map.get_mut(&fd)?;
+        entry.oneshot = false;
+        entry.slot(dir).replace(handle)
     }
 
     /// Re-enables the one-shot read registration of `fd` (its reader is still waiting).

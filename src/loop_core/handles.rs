@@ -132,6 +132,13 @@ impl Handle {
         std::mem::replace(&mut *self.state.borrow_mut(py), HandleState::empty())
     }
 
+    /// The callback, if it is a `T`.
+    pub(crate) fn callback_of<T: pyo3::PyTypeInfo>(&self, py: Python<'_>) -> Option<Py<T>> {
+        let s = self.state.borrow(py);
+        let cb = s.callback.as_ref()?.bind(py);
+        cb.cast::<T>().ok().map(|c| c.clone().unbind())
+    }
+
     /// Whether `obj` is this handle's callback (identity).
     pub(crate) fn callback_is(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> bool {
         self.state

@@ -5,27 +5,29 @@ mod deadline;
 pub(crate) mod fds;
 pub(crate) mod handles;
 mod run;
+mod schedule;
 mod timers;
+mod watch;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
-use crate::errors::{closed_error, fd_overflow, fileobj_to_fd, os_error};
+use crate::errors::{closed_error, os_error};
 use crate::gil_cell::GilCell;
 use crate::poller::Poller;
 use crate::pyapi;
 use crate::sock_ops::{Op, SockCall};
 use deadline::When;
 use fds::{Dir, Fds};
-use handles::{Handle, HandleState, TimerHandle};
+use handles::{Handle, TimerHandle};
 use timers::Timers;
 
 pub(crate) struct State {
@@ -52,6 +54,10 @@ pub(crate) struct State {
     handle_pool: Vec<Py<Handle>>,
     /// The same for fired timers.
     timer_pool: Vec<Py<TimerHandle>>,
+    /// Socket calls waiting on their fd, and whether the check of their sockets is
+    /// scheduled (see `check_sock_calls`).
+    sock_waiters: usize,
+    sock_check_armed: bool,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -68,6 +74,8 @@ pub struct LoopCore {
 const HANDLE_POOL_MAX: usize = 16384;
 /// Fired timers kept for reuse.
 const TIMER_POOL_MAX: usize = 4096;
+/// How often the sockets of waiting socket calls are checked for a close() (seconds).
+const SOCK_CHECK_INTERVAL: f64 = 1.0;
 
 static FUTURE_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static CORE_TIME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -89,345 +97,6 @@ impl LoopCore {
             return Err(closed_error());
         }
         Ok(())
-    }
-
-    /// Builds a handle for `callback(*args)` in `context` (a copy of the current one if
-    /// None), with the debug-mode checks asyncio makes on the way.
-    fn new_handle(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-        method: Option<&str>,
-    ) -> PyResult<HandleState> {
-        let py = slf.py();
-        let debug = slf.get().debug(py);
-        let mut source_traceback = None;
-        if debug {
-            if let Some(method) = method {
-                if method != "call_soon_threadsafe" {
-                    slf.call_method0("_check_thread")?;
-                }
-                slf.call_method1("_check_callback", (callback, method))?;
-            }
-            source_traceback = Some(handles::source_traceback(py)?);
-        }
-        let context = match context {
-            Some(c) if !c.is_none() => c.clone().unbind(),
-            _ => pyapi::copy_context(py)?.unbind(),
-        };
-        Ok(HandleState::new(
-            callback.clone().unbind(),
-            args.clone().unbind(),
-            context,
-            slf.clone().into_any().unbind(),
-            source_traceback,
-        ))
-    }
-
-    /// A handle for `state`: a recycled one if the pool has any, else a new one.
-    fn handle_for(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let pooled = slf.get().st.borrow_mut(py).handle_pool.pop();
-        match pooled {
-            Some(handle) => {
-                // Recycled handles are empty: nothing to release from the old state.
-                let _empty = handle.get().rearm(py, state);
-                Ok(handle)
-            }
-            None => Py::new(py, Handle::new(state)),
-        }
-    }
-
-    fn schedule_soon(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let handle = Self::handle_for(slf, state)?;
-        slf.get()
-            .st
-            .borrow_mut(py)
-            .ready
-            .push_back(handle.clone_ref(py));
-        Ok(handle)
-    }
-
-    fn schedule_at(
-        slf: &Bound<'_, Self>,
-        when: When<'_>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-        method: &str,
-    ) -> PyResult<Py<TimerHandle>> {
-        let py = slf.py();
-        slf.get().check_closed(py)?;
-        let base = Self::new_handle(slf, callback, args, context, Some(method))?;
-        // After asyncio's own checks: a deadline its run step would fail on (a str, a
-        // Decimal, 10**400) raises the same exception type here, at the call.
-        let (when, obj) = when.resolve(py, || Self::now(slf))?;
-        let pooled = slf.get().st.borrow_mut(py).timer_pool.pop();
-        let timer = match pooled {
-            Some(timer) => {
-                let _empty = TimerHandle::rearm(timer.bind(py), base, when, obj);
-                timer
-            }
-            None => Py::new(py, TimerHandle::new_init(Handle::new(base), when, obj))?,
-        };
-        slf.get()
-            .st
-            .borrow_mut(py)
-            .timers
-            .push(py, when, timer.clone_ref(py));
-        Ok(timer)
-    }
-
-    /// Whether `time()` is not the core's own: replaced on the instance or overridden
-    /// by a subclass (asyncio's run step calls `self.time()`, and test tools replace it).
-    fn custom_time(slf: &Bound<'_, Self>) -> PyResult<bool> {
-        let py = slf.py();
-        let tp = slf.get_type();
-        {
-            let st = slf.get().st.borrow(py);
-            if st.instance_time {
-                return Ok(true);
-            }
-            if st.time_type.0 == tp.as_ptr() as usize {
-                return Ok(st.time_type.1);
-            }
-        }
-        let core_time = CORE_TIME.get_or_try_init(py, || {
-            py.get_type::<LoopCore>().getattr("time").map(Bound::unbind)
-        })?;
-        let overridden = !tp.getattr(pyo3::intern!(py, "time"))?.is(core_time.bind(py));
-        slf.get().st.borrow_mut(py).time_type = (tp.as_ptr() as usize, overridden);
-        Ok(overridden)
-    }
-
-    /// The loop's time: the monotonic clock, or the `time()` that replaced it.
-    pub(crate) fn now(slf: &Bound<'_, Self>) -> PyResult<f64> {
-        if Self::custom_time(slf)? {
-            return slf.call_method0(pyo3::intern!(slf.py(), "time"))?.extract();
-        }
-        Ok(clock::monotonic())
-    }
-
-    /// The fd `fileobj` names, as selectors finds it: by its number or, when that fails
-    /// (a closed socket's `fileno()` is -1), by the registration made with the object
-    /// itself. `Ok(None)`: a number too big for any registration. When found by the
-    /// object, the ValueError its number gave comes along.
-    fn lookup_fd(
-        &self,
-        py: Python<'_>,
-        fileobj: &Bound<'_, PyAny>,
-    ) -> PyResult<(Option<RawFd>, Option<PyErr>)> {
-        match fileobj_to_fd(fileobj) {
-            Ok(fd) => Ok((fd, None)),
-            Err(e) if e.is_instance_of::<PyValueError>(py) => {
-                match self.st.borrow(py).fds.find_fileobj(fileobj) {
-                    Some(fd) => Ok((Some(fd), Some(e))),
-                    None => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    pub(crate) fn add_io(
-        slf: &Bound<'_, Self>,
-        fileobj: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        dir: Dir,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let this = slf.get();
-        this.check_closed(py)?;
-        let fd = match this.lookup_fd(py, fileobj)? {
-            (None, _) => return Err(fd_overflow()),
-            (Some(fd), None) => fd,
-            // Found by the object (a closed socket): selectors replaces a watcher
-            // there without a system call, but a new direction makes it modify the
-            // closed fd's registration, which fails with EBADF and drops it.
-            (Some(fd), Some(_)) => {
-                if !this.st.borrow(py).fds.get(fd).is_some_and(|e| e.has(dir)) {
-                    Self::forget_fd(slf, fd)?;
-                    return Err(os_error(nix::errno::Errno::EBADF));
-                }
-                fd
-            }
-        };
-        let fileobj = Some(fileobj.clone().unbind());
-        Self::watch(slf, fd, callback, args, dir, false, fileobj)
-    }
-
-    /// Drops every watcher of `fd` (cancelled) and its registration.
-    fn forget_fd(slf: &Bound<'_, Self>, fd: RawFd) -> PyResult<()> {
-        let py = slf.py();
-        for dir in [Dir::Read, Dir::Write] {
-            let (old, fileobj) = {
-                let mut st = slf.get().st.borrow_mut(py);
-                let Some(poller) = st.poller.clone() else {
-                    return Ok(());
-                };
-                st.fds.remove(&poller, fd, dir, None).map_err(os_error)?
-            };
-            drop(fileobj);
-            if let Some(old) = old {
-                Handle::do_cancel(old.bind(py))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Watches `fd` for `dir` with a new handle for `callback(*args)`, for a socket
-    /// call (see `Fds`).
-    pub(crate) fn add_io_fd(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        dir: Dir,
-    ) -> PyResult<Py<Handle>> {
-        Self::watch(slf, fd, callback, args, dir, true, None)
-    }
-
-    /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
-    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
-    fn watch(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        dir: Dir,
-        sock_call: bool,
-        fileobj: Option<Py<PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        slf.get().check_closed(py)?;
-        let handle = Self::handle_for(slf, Self::new_handle(slf, callback, args, None, None)?)?;
-        let (old, old_fileobj) = {
-            let mut st = slf.get().st.borrow_mut(py);
-            let poller = st.poller.clone().ok_or_else(closed_error)?;
-            st.fds
-                .add(&poller, fd, dir, handle.clone_ref(py), sock_call, fileobj)
-                .map_err(os_error)?
-        };
-        drop(old_fileobj);
-        if let Some(old) = old {
-            Handle::do_cancel(old.bind(py))?;
-        }
-        Ok(handle)
-    }
-
-    /// Whether the watcher of `fd` for `dir` calls `owner`.
-    fn watched_by(&self, py: Python<'_>, fd: RawFd, dir: Dir, owner: &Bound<'_, PyAny>) -> bool {
-        self.st.borrow(py).fds.get(fd).is_some_and(|e| {
-            let slot = match dir {
-                Dir::Read => &e.reader,
-                Dir::Write => &e.writer,
-            };
-            slot.as_ref()
-                .is_some_and(|h| h.get().callback_is(py, owner))
-        })
-    }
-
-    /// A socket call finished reading: its reader goes, its one-shot registration stays
-    /// parked for the next call (see `Fds`). Nothing if `owner` no longer reads `fd`.
-    pub(crate) fn park_reader(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        owner: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        Self::drop_watcher_of(slf, fd, Dir::Read, owner, |fds, poller| {
-            fds.park_reader(poller, fd)
-        })
-    }
-
-    /// Takes `owner`'s watcher of `fd` for `dir` out of the registry with `take` (which
-    /// updates the poller), then cancels it. Nothing if the watcher there is someone
-    /// else's by now.
-    fn drop_watcher_of(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        dir: Dir,
-        owner: &Bound<'_, PyAny>,
-        take: impl FnOnce(&mut Fds, &Poller) -> nix::Result<fds::Released>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if !slf.get().watched_by(py, fd, dir, owner) {
-            return Ok(());
-        }
-        let (old, fileobj) = {
-            let mut st = slf.get().st.borrow_mut(py);
-            let Some(poller) = st.poller.clone() else {
-                return Ok(());
-            };
-            take(&mut st.fds, &poller).map_err(os_error)?
-        };
-        drop(fileobj);
-        if let Some(old) = old {
-            Handle::do_cancel(old.bind(py))?;
-        }
-        Ok(())
-    }
-
-    /// A socket call woke for nothing (spurious readiness): re-arm its one-shot read.
-    pub(crate) fn rearm_reader(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        owner: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if !slf.get().watched_by(py, fd, Dir::Read, owner) {
-            return Ok(());
-        }
-        let mut st = slf.get().st.borrow_mut(py);
-        let Some(poller) = st.poller.clone() else {
-            return Ok(());
-        };
-        st.fds.rearm(&poller, fd).map_err(os_error)
-    }
-
-    /// Stops watching `fd` for `dir` if the watcher there calls `owner` (so an operation
-    /// that finished, or was cancelled, never removes a watcher installed after it).
-    pub(crate) fn remove_io_owned_by(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        dir: Dir,
-        owner: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        Self::drop_watcher_of(slf, fd, dir, owner, |fds, poller| {
-            fds.remove(poller, fd, dir, None)
-        })
-    }
-
-    pub(crate) fn remove_io(
-        slf: &Bound<'_, Self>,
-        fileobj: &Bound<'_, PyAny>,
-        dir: Dir,
-    ) -> PyResult<bool> {
-        let py = slf.py();
-        if slf.get().st.borrow(py).closed {
-            return Ok(false);
-        }
-        let (Some(fd), _) = slf.get().lookup_fd(py, fileobj)? else {
-            return Ok(false);
-        };
-        let (old, old_fileobj) = {
-            let mut st = slf.get().st.borrow_mut(py);
-            let Some(poller) = st.poller.clone() else {
-                return Ok(false);
-            };
-            let named = Some(fileobj.clone().unbind());
-            st.fds.remove(&poller, fd, dir, named).map_err(os_error)?
-        };
-        drop(old_fileobj);
-        match old {
-            Some(old) => {
-                old.bind(py).call_method0("cancel")?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
     }
 }
 
@@ -455,6 +124,8 @@ impl LoopCore {
                 task_factory: None,
                 handle_pool: Vec::new(),
                 timer_pool: Vec::new(),
+                sock_waiters: 0,
+                sock_check_armed: false,
             }),
             clock_resolution: clock::resolution(),
         })
@@ -651,6 +322,21 @@ impl LoopCore {
         }
     }
 
+    /// Every `SOCK_CHECK_INTERVAL` while socket calls wait: a call whose socket was
+    /// closed under it ends with EBADF (asyncio's would wait forever; the kernel tells
+    /// no one about a close, so the sockets are looked at).
+    fn _check_sock_calls(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        slf.get().st.borrow_mut(py).sock_check_armed = false;
+        for call in slf.get().waiting_sock_calls(py) {
+            SockCall::end_if_closed(call.bind(py))?;
+        }
+        if slf.get().st.borrow(py).sock_waiters > 0 {
+            Self::arm_sock_check(slf)?;
+        }
+        Ok(())
+    }
+
     /// Runs iterations until `stop()`; `Loop.run_forever` does the set-up around it.
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -671,8 +357,10 @@ impl LoopCore {
         Self::run_once(slf)
     }
 
-    /// Marks the loop closed and releases callbacks, timers, watchers and the poller.
-    fn _close_core(&self, py: Python<'_>) {
+    /// Marks the loop closed and releases callbacks, timers, watchers and the poller;
+    /// socket calls still waiting give their sockets back.
+    fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
+        let calls = self.waiting_sock_calls(py);
         let released = {
             let mut st = self.st.borrow_mut(py);
             st.closed = true;
@@ -687,6 +375,10 @@ impl LoopCore {
             )
         };
         drop(released);
+        for call in calls {
+            call.get().loop_closed(py)?;
+        }
+        Ok(())
     }
 
     /// Watches `fd` (asyncio's `_add_reader`: no transport check; returns the handle).

@@ -23,7 +23,7 @@ use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
 use crate::pyapi;
-use crate::sock_ops;
+use crate::syscalls;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -50,8 +50,12 @@ struct StreamState {
     paused: bool,
     eof: bool,
     protocol_paused: bool,
+    /// The water marks as compared with the buffer's size (a float mark's floor).
     high_water: usize,
     low_water: usize,
+    /// The marks as `set_write_buffer_limits` got them, which asyncio's
+    /// `get_write_buffer_limits()` returns (None: the defaults).
+    limits: Option<(Py<PyAny>, Py<PyAny>)>,
     empty_waiter: Option<Py<PyAny>>,
 }
 
@@ -122,6 +126,19 @@ fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Option<Data<'py>>> {
         return Ok(Some(Data::Bytes(bytes.cast_into::<PyBytes>()?)));
     }
     Ok(None)
+}
+
+/// A water mark (non-negative, checked) as a byte count to compare sizes with: for an
+/// integer size, `size > mark` and `size <= mark` hold exactly when they hold for the
+/// mark's floor. Past usize: usize::MAX (no buffer gets there).
+fn water_mark(mark: &Bound<'_, PyAny>) -> PyResult<usize> {
+    let py = mark.py();
+    let floor = if mark.is_instance_of::<PyInt>() {
+        mark.clone()
+    } else {
+        py.import("math")?.call_method1("floor", (mark,))?
+    };
+    Ok(floor.extract::<usize>().unwrap_or(usize::MAX))
 }
 
 impl StreamTransport {
@@ -386,6 +403,11 @@ impl StreamTransport {
         if sent == total {
             return Ok(());
         }
+        // Watched before buffered, as asyncio: on a closed loop the RuntimeError leaves
+        // nothing behind.
+        if was_empty {
+            Self::add_io(slf, Dir::Write)?;
+        }
         {
             let mut st = this.st.borrow_mut(py);
             let mut skip = sent;
@@ -398,9 +420,6 @@ impl StreamTransport {
                 st.wbuf.extend_from_slice(&s[skip..]);
                 skip = 0;
             }
-        }
-        if was_empty {
-            Self::add_io(slf, Dir::Write)?;
         }
         Self::maybe_pause_protocol(slf)
     }
@@ -434,7 +453,7 @@ impl StreamTransport {
     fn read_data_received(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let data = match sock_ops::recv_bytes(py, this.fd, MAX_READ)? {
+        let data = match syscalls::recv_bytes(py, this.fd, MAX_READ)? {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -486,7 +505,7 @@ impl StreamTransport {
         // The protocol's own buffer is filled in place: by recv(2) when it is a writable
         // C-contiguous buffer, else through the socket object as asyncio does
         // (`sock.recv_into`), which takes any writable buffer or raises its TypeError.
-        let nbytes = match sock_ops::recv_into_buffer(this.fd, &buf) {
+        let nbytes = match syscalls::recv_into_buffer(this.fd, &buf) {
             Some(Ok(n)) => n,
             Some(Err(Errno::EAGAIN | Errno::EINTR)) => return Ok(()),
             Some(Err(e)) => {
@@ -585,6 +604,7 @@ impl StreamTransport {
                 protocol_paused: false,
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_HIGH_WATER / 4,
+                limits: None,
                 empty_waiter: None,
             }),
         })
@@ -840,11 +860,19 @@ impl StreamTransport {
         self.st.borrow(py).pending()
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
         let st = self.st.borrow(py);
-        (st.low_water, st.high_water)
+        match &st.limits {
+            Some((low, high)) => (low.clone_ref(py), high.clone_ref(py)),
+            None => (
+                PyInt::new(py, st.low_water).into_any().unbind(),
+                PyInt::new(py, st.high_water).into_any().unbind(),
+            ),
+        }
     }
 
+    /// asyncio's `_set_write_buffer_limits`, in Python's arithmetic: any numbers that
+    /// compare go (floats, ints past 64 bits), kept as given.
     #[pyo3(signature = (high=None, low=None))]
     fn set_write_buffer_limits(
         slf: &Bound<'_, Self>,
@@ -854,23 +882,29 @@ impl StreamTransport {
         let py = slf.py();
         let high = high.filter(|h| !h.is_none());
         let low = low.filter(|l| !l.is_none());
-        let as_int = |v: &Bound<'_, PyAny>| v.extract::<i64>();
+        let int = |n: usize| PyInt::new(py, n).into_any();
         let (high, low) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH_WATER as i64, (DEFAULT_HIGH_WATER / 4) as i64),
-            (None, Some(l)) => (4 * as_int(l)?, as_int(l)?),
-            (Some(h), None) => (as_int(h)?, as_int(h)? / 4),
-            (Some(h), Some(l)) => (as_int(h)?, as_int(l)?),
+            (None, None) => (int(DEFAULT_HIGH_WATER), int(DEFAULT_HIGH_WATER / 4)),
+            (None, Some(l)) => (int(4).mul(l)?, l.clone()),
+            (Some(h), None) => (h.clone(), h.floor_div(4)?),
+            (Some(h), Some(l)) => (h.clone(), l.clone()),
         };
-        if !(high >= low && low >= 0) {
+        // `if not high >= low >= 0:`
+        if !(high.ge(&low)? && low.ge(0)?) {
             return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
+                "high ({}) must be >= low ({}) must be >= 0",
+                errors::repr(&high),
+                errors::repr(&low)
             )));
         }
-        {
+        let (high_water, low_water) = (water_mark(&high)?, water_mark(&low)?);
+        let old = {
             let mut st = slf.get().st.borrow_mut(py);
-            st.high_water = high as usize;
-            st.low_water = low as usize;
-        }
+            st.high_water = high_water;
+            st.low_water = low_water;
+            st.limits.replace((low.unbind(), high.unbind()))
+        };
+        drop(old);
         Self::maybe_pause_protocol(slf)
     }
 
@@ -945,6 +979,10 @@ impl StreamTransport {
         {
             visit.call(obj)?;
         }
+        if let Some((low, high)) = &st.limits {
+            visit.call(low)?;
+            visit.call(high)?;
+        }
         if let Some(l) = &st.loop_ {
             visit.call(l)?;
         }
@@ -960,6 +998,7 @@ impl StreamTransport {
                     st.protocol.take(),
                     st.empty_waiter.take(),
                     st.loop_.take(),
+                    st.limits.take(),
                 )
             };
             drop(taken);

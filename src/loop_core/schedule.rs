@@ -1,0 +1,134 @@
+//! Scheduling: the handles `call_soon` and the timers `call_at`/`call_later` make (with
+//! asyncio's debug-mode checks), and the loop's time, which a replaced `time()` decides.
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use super::deadline::When;
+use super::handles::{self, Handle, HandleState, TimerHandle};
+use super::{LoopCore, CORE_TIME};
+use crate::clock;
+use crate::pyapi;
+
+impl LoopCore {
+    /// Builds a handle for `callback(*args)` in `context` (a copy of the current one if
+    /// None), with the debug-mode checks asyncio makes on the way.
+    pub(super) fn new_handle(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        method: Option<&str>,
+    ) -> PyResult<HandleState> {
+        let py = slf.py();
+        let debug = slf.get().debug(py);
+        let mut source_traceback = None;
+        if debug {
+            if let Some(method) = method {
+                if method != "call_soon_threadsafe" {
+                    slf.call_method0("_check_thread")?;
+                }
+                slf.call_method1("_check_callback", (callback, method))?;
+            }
+            source_traceback = Some(handles::source_traceback(py)?);
+        }
+        let context = match context {
+            Some(c) if !c.is_none() => c.clone().unbind(),
+            _ => pyapi::copy_context(py)?.unbind(),
+        };
+        Ok(HandleState::new(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            context,
+            slf.clone().into_any().unbind(),
+            source_traceback,
+        ))
+    }
+
+    /// A handle for `state`: a recycled one if the pool has any, else a new one.
+    pub(super) fn handle_for(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let pooled = slf.get().st.borrow_mut(py).handle_pool.pop();
+        match pooled {
+            Some(handle) => {
+                // Recycled handles are empty: nothing to release from the old state.
+                let _empty = handle.get().rearm(py, state);
+                Ok(handle)
+            }
+            None => Py::new(py, Handle::new(state)),
+        }
+    }
+
+    pub(super) fn schedule_soon(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let handle = Self::handle_for(slf, state)?;
+        slf.get()
+            .st
+            .borrow_mut(py)
+            .ready
+            .push_back(handle.clone_ref(py));
+        Ok(handle)
+    }
+
+    pub(super) fn schedule_at(
+        slf: &Bound<'_, Self>,
+        when: When<'_>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<&Bound<'_, PyAny>>,
+        method: &str,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        slf.get().check_closed(py)?;
+        let base = Self::new_handle(slf, callback, args, context, Some(method))?;
+        // After asyncio's own checks: a deadline its run step would fail on (a str, a
+        // Decimal, 10**400) raises the same exception type here, at the call.
+        let (when, obj) = when.resolve(py, || Self::now(slf))?;
+        let pooled = slf.get().st.borrow_mut(py).timer_pool.pop();
+        let timer = match pooled {
+            Some(timer) => {
+                let _empty = TimerHandle::rearm(timer.bind(py), base, when, obj);
+                timer
+            }
+            None => Py::new(py, TimerHandle::new_init(Handle::new(base), when, obj))?,
+        };
+        slf.get()
+            .st
+            .borrow_mut(py)
+            .timers
+            .push(py, when, timer.clone_ref(py));
+        Ok(timer)
+    }
+
+    /// Whether `time()` is not the core's own: replaced on the instance or overridden
+    /// by a subclass (asyncio's run step calls `self.time()`, and test tools replace it).
+    pub(super) fn custom_time(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let tp = slf.get_type();
+        {
+            let st = slf.get().st.borrow(py);
+            if st.instance_time {
+                return Ok(true);
+            }
+            if st.time_type.0 == tp.as_ptr() as usize {
+                return Ok(st.time_type.1);
+            }
+        }
+        let core_time = CORE_TIME.get_or_try_init(py, || {
+            py.get_type::<LoopCore>().getattr("time").map(Bound::unbind)
+        })?;
+        let overridden = !tp
+            .getattr(pyo3::intern!(py, "time"))?
+            .is(core_time.bind(py));
+        slf.get().st.borrow_mut(py).time_type = (tp.as_ptr() as usize, overridden);
+        Ok(overridden)
+    }
+
+    /// The loop's time: the monotonic clock, or the `time()` that replaced it.
+    pub(crate) fn now(slf: &Bound<'_, Self>) -> PyResult<f64> {
+        if Self::custom_time(slf)? {
+            return slf.call_method0(pyo3::intern!(slf.py(), "time"))?.extract();
+        }
+        Ok(clock::monotonic())
+    }
+}
