@@ -31,6 +31,8 @@ from ._network import bind_network_methods
 from ._signals import SignalHandlers
 from ._transports import SocketTransport
 
+_AI_NUMERICHOST = int(socket.AI_NUMERICHOST)
+
 # Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
 _Base: Any = base_events.BaseEventLoop
 
@@ -158,10 +160,11 @@ class Loop(_core.LoopCore, SignalHandlers, asyncio.AbstractEventLoop):  # type: 
     ) -> list[Any]:
         """`socket.getaddrinfo` without blocking the loop, as asyncio's."""
         self._check_closed()  # asyncio's run_in_executor() checks, whatever the address
-        if not self._debug and _is_numeric(host, port):
+        if not self._debug and isinstance(flags, int) and _is_numeric(host, port):
             # Nothing to resolve: answer here rather than round-trip through a thread.
+            # (Plain ints: IntFlag's | would mask a bad flags value into a good one.)
             return socket.getaddrinfo(
-                host, port, family, type, proto, flags | socket.AI_NUMERICHOST
+                host, port, family, type, proto, int(flags) | _AI_NUMERICHOST
             )
         return await _Base.getaddrinfo(  # type: ignore[no-any-return]
             self, host, port, family=family, type=type, proto=proto, flags=flags

@@ -189,7 +189,7 @@ impl LoopCore {
         } else {
             When::Object(PyFloat::new(py, clock::monotonic()).add(delay)?)
         };
-        Self::schedule_at(slf, when, callback, args, context, "call_later")
+        Self::schedule_at(slf, when, callback, args, context, Some("call_later"))
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -204,7 +204,7 @@ impl LoopCore {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         let when = When::Object(when.clone());
-        Self::schedule_at(slf, when, callback, args, context, "call_at")
+        Self::schedule_at(slf, when, callback, args, context, Some("call_at"))
     }
 
     /// Stop after the callbacks of the current iteration have run.

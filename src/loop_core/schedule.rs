@@ -70,17 +70,19 @@ impl LoopCore {
         Ok(handle)
     }
 
+    /// A timer for `callback(*args)` at `when`; `method` names the public method for
+    /// asyncio's debug-mode checks (None: the loop's own timer, unchecked).
     pub(super) fn schedule_at(
         slf: &Bound<'_, Self>,
         when: When<'_>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
-        method: &str,
+        method: Option<&str>,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
-        let base = Self::new_handle(slf, callback, args, context, Some(method))?;
+        let base = Self::new_handle(slf, callback, args, context, method)?;
         // After asyncio's own checks: a deadline its run step would fail on (a str, a
         // Decimal, 10**400) raises the same exception type here, at the call.
         let (when, obj) = when.resolve(py, || Self::now(slf))?;

@@ -246,7 +246,9 @@ impl LoopCore {
         let py = slf.py();
         let check = slf.getattr(pyo3::intern!(py, "_check_sock_calls"))?;
         let when = When::Computed(clock::monotonic() + SOCK_CHECK_INTERVAL);
-        Self::schedule_at(slf, when, &check, &PyTuple::empty(py), None, "call_at")?;
+        // Not a user's call: no debug-mode checks (a socket call made from another
+        // thread passes asyncio's, which only call_soon and the timers make).
+        Self::schedule_at(slf, when, &check, &PyTuple::empty(py), None, None)?;
         slf.get().st.borrow_mut(py).sock_check_armed = true;
         Ok(())
     }

@@ -133,6 +133,10 @@ fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Option<Data<'py>>> {
 /// mark's floor. Past usize: usize::MAX (no buffer gets there).
 fn water_mark(mark: &Bound<'_, PyAny>) -> PyResult<usize> {
     let py = mark.py();
+    if let Ok(f) = mark.cast::<pyo3::types::PyFloat>() {
+        // `as` saturates: inf and anything past usize give usize::MAX.
+        return Ok(f.value().floor() as usize);
+    }
     let floor = if mark.is_instance_of::<PyInt>() {
         mark.clone()
     } else {
