@@ -4,7 +4,7 @@ VENV := .venvs/$(PY)
 PYTHON := $(VENV)/bin/python
 OTHER_PYS := 3.10 3.12 3.13
 
-.PHONY: dev run test test-main test-others conformance bench lint clean
+.PHONY: dev run test test-main test-others conformance soak valgrind bench lint clean
 
 dev:
 	@scripts/venv.sh $(PY) requirements/test.txt requirements/net.txt
@@ -16,7 +16,7 @@ test: test-main test-others
 
 test-main: dev
 	$(PYTHON) -m pytest -q
-	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py
+	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py tests/test_sock_close.py tests/test_fd_registry.py tests/test_timer_values.py tests/test_probe_cases.py tests/test_fork.py
 	$(PYTHON) tests/conformance/run.py --ci --all
 
 test-others:
@@ -29,6 +29,18 @@ test-others:
 
 conformance: dev
 	$(PYTHON) tests/conformance/run.py
+
+# The long soak runs (1M callbacks, 200k timers, 50k connections; the quick sizes run in
+# `make test`) and a longer differential fuzz; prints the figures.
+soak: dev
+	@rm -f target/soak-report.jsonl
+	FERROLOOP_SOAK=1 FERROLOOP_SOAK_REPORT=$(CURDIR)/target/soak-report.jsonl $(PYTHON) -m pytest -q tests/test_soak.py
+	FERROLOOP_FUZZ_EXAMPLES=5000 $(PYTHON) -m pytest -q tests/test_fuzz_differential.py
+	@cat target/soak-report.jsonl
+
+# A small program under valgrind over a debug build; fails on an invalid access in ours.
+valgrind: dev
+	scripts/valgrind.sh $(PY)
 
 bench: dev
 	@scripts/venv.sh $(PY) requirements/bench.txt
