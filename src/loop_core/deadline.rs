@@ -2,7 +2,6 @@
 //! `call_at` keeps the object it is given, and the timer heap sorts by an f64 key taken
 //! from that object the way asyncio's run step uses it.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt};
 
@@ -21,15 +20,11 @@ impl<'py> When<'py> {
     /// for objects that are neither floats nor ints.
     pub(crate) fn resolve(
         self,
-        py: Python<'_>,
         now: impl FnOnce() -> PyResult<f64>,
     ) -> PyResult<(f64, Option<Py<PyAny>>)> {
         match self {
-            When::Computed(key) => Ok((finite_or_due(py, key)?, None)),
-            When::Object(obj) => {
-                let key = finite_or_due(py, key_of(&obj, now)?)?;
-                Ok((key, Some(obj.unbind())))
-            }
+            When::Computed(key) => Ok((finite_or_due(key), None)),
+            When::Object(obj) => Ok((finite_or_due(key_of(&obj, now)?), Some(obj.unbind()))),
         }
     }
 }
@@ -61,15 +56,13 @@ fn key_of(when: &Bound<'_, PyAny>, now: impl FnOnce() -> PyResult<f64>) -> PyRes
     Ok(now + diff)
 }
 
-/// asyncio's run step treats a NaN deadline as due (`nan >= end_time` is false) up to
-/// 3.12; 3.13's poll-timeout arithmetic passes the NaN on to the selector, which raises
-/// ValueError. Due means first in the heap; on 3.13+ the ValueError comes at the call.
-fn finite_or_due(py: Python<'_>, key: f64) -> PyResult<f64> {
-    if !key.is_nan() {
-        return Ok(key);
+/// asyncio's run step treats a NaN deadline as due (`nan >= end_time` is false): due
+/// means first in the heap. (3.13's selector raises ValueError instead when it has to
+/// wait on a NaN timeout, with nothing else ready; ferroloop runs the timer there too.)
+fn finite_or_due(key: f64) -> f64 {
+    if key.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        key
     }
-    if py.version_info() >= (3, 13) {
-        return Err(PyValueError::new_err("cannot convert float NaN to integer"));
-    }
-    Ok(f64::NEG_INFINITY)
 }

@@ -85,7 +85,7 @@ impl LoopCore {
         let base = Self::new_handle(slf, callback, args, context, method)?;
         // After asyncio's own checks: a deadline its run step would fail on (a str, a
         // Decimal, 10**400) raises the same exception type here, at the call.
-        let (when, obj) = when.resolve(py, || Self::now(slf))?;
+        let (when, obj) = when.resolve(|| Self::now(slf))?;
         let pooled = slf.get().st.borrow_mut(py).timer_pool.pop();
         let timer = match pooled {
             Some(timer) => {

@@ -709,6 +709,27 @@ impl StreamTransport {
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if py.version_info() >= (3, 12) {
+            // asyncio 3.12+ (writelines through sendmsg): the state is checked first,
+            // then a false argument (an empty list, None) writes nothing.
+            {
+                let st = slf.get().st.borrow(py);
+                if st.eof {
+                    return Err(PyRuntimeError::new_err(
+                        "Cannot call writelines() after write_eof()",
+                    ));
+                }
+                if st.empty_waiter.is_some() {
+                    return Err(PyRuntimeError::new_err(
+                        "unable to writelines; sendfile is in progress",
+                    ));
+                }
+            }
+            if !list_of_data.is_truthy()? {
+                return Ok(());
+            }
+        }
         let mut chunks = Vec::new();
         for (i, item) in list_of_data.try_iter()?.enumerate() {
             let item = item?;
