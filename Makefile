@@ -18,6 +18,7 @@ test-main: dev
 	$(PYTHON) -m pytest -q
 	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py tests/test_sock_close.py tests/test_fd_registry.py tests/test_timer_values.py tests/test_probe_cases.py tests/test_fork.py
 	$(PYTHON) tests/conformance/run.py --ci --all
+	scripts/valgrind.sh $(PY)
 
 test-others:
 	@for v in $(OTHER_PYS); do \

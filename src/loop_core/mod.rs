@@ -41,11 +41,9 @@ pub(crate) struct State {
     debug: bool,
     /// The object `set_debug()` was given, which `get_debug()` returns as asyncio does.
     debug_obj: Option<Py<PyAny>>,
-    /// The loop's type, and whether it overrides `time()` (checked again when the
-    /// instance's class changes).
-    time_type: (usize, bool),
-    /// `time` was set on the instance (`mock.patch.object(loop, "time")`).
-    instance_time: bool,
+    /// Whether `time()` is replaced (on the instance, `mock.patch.object(loop,
+    /// "time")`, or by the class); None: to be found out again.
+    custom_time: Option<bool>,
     thread_id: Option<u64>,
     current_handle: Option<Py<Handle>>,
     task_factory: Option<Py<PyAny>>,
@@ -117,8 +115,7 @@ impl LoopCore {
                 stopping: false,
                 debug: false,
                 debug_obj: None,
-                time_type: (0, false),
-                instance_time: false,
+                custom_time: None,
                 thread_id: None,
                 current_handle: None,
                 task_factory: None,
@@ -249,26 +246,21 @@ impl LoopCore {
         Ok(())
     }
 
-    /// Notes a `time` set on or deleted from the instance, which the run step must then
-    /// call; every other attribute is set as `object.__setattr__` sets it.
+    /// Notes a `time` or `__class__` set on or deleted from the instance, after which
+    /// the run step looks again at which `time()` to call; every attribute is set as
+    /// `object.__setattr__` sets it.
     fn __setattr__(
         slf: &Bound<'_, Self>,
         name: &Bound<'_, PyAny>,
         value: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         pyapi::generic_setattr(slf.as_any(), name, Some(value))?;
-        if name.eq(pyo3::intern!(slf.py(), "time"))? {
-            slf.get().st.borrow_mut(slf.py()).instance_time = true;
-        }
-        Ok(())
+        Self::attribute_changed(slf, name)
     }
 
     fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
         pyapi::generic_setattr(slf.as_any(), name, None)?;
-        if name.eq(pyo3::intern!(slf.py(), "time"))? {
-            slf.get().st.borrow_mut(slf.py()).instance_time = false;
-        }
-        Ok(())
+        Self::attribute_changed(slf, name)
     }
 
     #[getter(_closed)]

@@ -119,13 +119,16 @@ impl LoopCore {
         let Some(poller) = this.st.borrow(py).poller.clone() else {
             return Ok(());
         };
-        // The loop's time, when a timer may set the timeout: read first, since a
-        // `time()` that replaced the clock is Python code.
-        let now = {
+        // A `time()` that replaced the clock is Python code: called before the flag is
+        // raised, when a timer may set the timeout. (The clock is read below.)
+        let call_time = {
             let st = this.st.borrow(py);
-            st.ready.is_empty() && !st.stopping && !st.timers.is_empty()
+            st.custom_time != Some(false)
+                && st.ready.is_empty()
+                && !st.stopping
+                && !st.timers.is_empty()
         };
-        let now = if now { Some(Self::now(slf)?) } else { None };
+        let now = if call_time { Some(Self::now(slf)?) } else { None };
         // Raised before the timeout is read, and no Python code runs until the wait: a
         // thread queueing a callback (it needs the GIL) either is seen by the timeout
         // computation or sees the flag and wakes us.

@@ -103,27 +103,39 @@ impl LoopCore {
     }
 
     /// Whether `time()` is not the core's own: replaced on the instance or overridden
-    /// by a subclass (asyncio's run step calls `self.time()`, and test tools replace it).
+    /// by a subclass (asyncio's run step calls `self.time()`, and test tools replace
+    /// it). Known until `time` or `__class__` is set or deleted on the instance.
+    #[inline]
     pub(super) fn custom_time(slf: &Bound<'_, Self>) -> PyResult<bool> {
-        let py = slf.py();
-        let tp = slf.get_type();
-        {
-            let st = slf.get().st.borrow(py);
-            if st.instance_time {
-                return Ok(true);
-            }
-            if st.time_type.0 == tp.as_ptr() as usize {
-                return Ok(st.time_type.1);
-            }
+        let known = slf.get().st.borrow(slf.py()).custom_time;
+        match known {
+            Some(custom) => Ok(custom),
+            None => Self::find_custom_time(slf),
         }
+    }
+
+    pub(super) fn attribute_changed(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if name.eq(pyo3::intern!(py, "time"))? || name.eq(pyo3::intern!(py, "__class__"))? {
+            slf.get().st.borrow_mut(py).custom_time = None;
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn find_custom_time(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let name = pyo3::intern!(py, "time");
+        let on_instance = match slf.getattr(pyo3::intern!(py, "__dict__")) {
+            Ok(dict) => dict.contains(name)?,
+            Err(_) => false,
+        };
         let core_time = CORE_TIME.get_or_try_init(py, || {
             py.get_type::<LoopCore>().getattr("time").map(Bound::unbind)
         })?;
-        let overridden = !tp
-            .getattr(pyo3::intern!(py, "time"))?
-            .is(core_time.bind(py));
-        slf.get().st.borrow_mut(py).time_type = (tp.as_ptr() as usize, overridden);
-        Ok(overridden)
+        let custom = on_instance || !slf.get_type().getattr(name)?.is(core_time.bind(py));
+        slf.get().st.borrow_mut(py).custom_time = Some(custom);
+        Ok(custom)
     }
 
     /// The loop's time: the monotonic clock, or the `time()` that replaced it.
