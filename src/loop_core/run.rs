@@ -128,7 +128,11 @@ impl LoopCore {
                 && !st.stopping
                 && !st.timers.is_empty()
         };
-        let now = if call_time { Some(Self::now(slf)?) } else { None };
+        let now = if call_time {
+            Some(Self::now(slf)?)
+        } else {
+            None
+        };
         // Raised before the timeout is read, and no Python code runs until the wait: a
         // thread queueing a callback (it needs the GIL) either is seen by the timeout
         // computation or sees the flag and wakes us.

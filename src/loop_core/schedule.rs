@@ -114,7 +114,10 @@ impl LoopCore {
         }
     }
 
-    pub(super) fn attribute_changed(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(super) fn attribute_changed(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let py = slf.py();
         if name.eq(pyo3::intern!(py, "time"))? || name.eq(pyo3::intern!(py, "__class__"))? {
             slf.get().st.borrow_mut(py).custom_time = None;

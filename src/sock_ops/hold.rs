@@ -21,8 +21,12 @@ impl SockCall {
         let Some((_, sock)) = slf.get().parts(py) else {
             return Ok(());
         };
-        let socket_type = crate::pyapi::cached_attr(py, &SOCKET_TYPE, "socket", "socket")?;
-        let io_ref = sock.is_instance(&socket_type)? && add_io_ref(&sock);
+        let native = slf.get().st.borrow(py).native;
+        let is_socket = native || {
+            let socket_type = crate::pyapi::cached_attr(py, &SOCKET_TYPE, "socket", "socket")?;
+            sock.is_instance(&socket_type)?
+        };
+        let io_ref = is_socket && add_io_ref(&sock);
         {
             let mut st = slf.get().st.borrow_mut(py);
             st.held = true;
@@ -50,8 +54,7 @@ impl SockCall {
             lp.get().sock_call_ends(py);
         }
         if let (true, Some(sock)) = (io_ref, sock) {
-            sock.bind(py)
-                .call_method0(pyo3::intern!(py, "_decref_socketios"))?;
+            drop_io_ref(sock.bind(py))?;
         }
         Ok(())
     }
@@ -106,6 +109,21 @@ impl Drop for SockCall {
             }
         })
     }
+}
+
+/// `socket._decref_socketios()`, without the Python frame: one io reference less, and
+/// the socket closed for real if `close()` was called meanwhile.
+fn drop_io_ref(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = sock.py();
+    let name = pyo3::intern!(py, "_io_refs");
+    let n: i64 = sock.getattr(name)?.extract()?;
+    if n > 0 {
+        sock.setattr(name, n - 1)?;
+    }
+    if sock.getattr(pyo3::intern!(py, "_closed"))?.is_truthy()? {
+        sock.call_method0(pyo3::intern!(py, "close"))?;
+    }
+    Ok(())
 }
 
 /// `sock._io_refs += 1`, if the socket has a plain int count there.
