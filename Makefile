@@ -51,7 +51,7 @@ lint: dev
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 	$(VENV)/bin/python -m pip install -q mypy ruff typing_extensions
-	$(VENV)/bin/ruff check python tests examples benchmarks
+	$(VENV)/bin/ruff check python tests examples benchmarks scripts
 	$(VENV)/bin/python -m mypy.stubtest ferroloop --allowlist tests/stubtest-allowlist.txt
 
 clean:

@@ -13,7 +13,9 @@ LOCAL = "127.0.0.1"
 _T = TypeVar("_T")
 
 
-def run(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T], timeout: float = 30.0) -> _T:
+def run(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, _T], timeout: float = 30.0
+) -> _T:
     """`loop.run_until_complete(coro)`, failing after `timeout` rather than hanging."""
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 

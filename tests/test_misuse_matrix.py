@@ -158,7 +158,8 @@ def compare(stock: dict[str, str], fl: dict[str, str]) -> dict[str, list[str]]:
 
 def summary(verdicts: dict[str, list[str]]) -> str:
     total = sum(len(v) for v in verdicts.values())
-    lines = [f"misuse matrix: {total} cases; " + ", ".join(f"{k} {len(v)}" for k, v in verdicts.items())]
+    counts = ", ".join(f"{k} {len(v)}" for k, v in verdicts.items())
+    lines = [f"misuse matrix: {total} cases; {counts}"]
     for k in ("broken", "unexplained", "known"):
         lines += [f"  {k}: {line}" for line in verdicts[k]]
     return "\n".join(lines)

@@ -12,7 +12,6 @@ import socket
 import sys
 
 import pytest
-
 from helpers import LOCAL, pair, run, run_for
 
 ferroloop_only = pytest.mark.parametrize("loop_factory", ["ferroloop"], indirect=True)

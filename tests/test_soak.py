@@ -4,9 +4,10 @@ callbacks, timers and connections, file descriptors come back to where they star
 
 Sizes: quick ones by default (they run in `make test`, ~10 s on both loops, 10,000
 concurrent connections included); FERROLOOP_SOAK=1 (`make soak`) runs the full ones: 1M
-callbacks, 200k timers, 50k connections. With FERROLOOP_SOAK_REPORT=path each test appends its figures there as JSON
-lines. RSS is read after a warm-up round, so the pools, free lists and allocator arenas
-the work needs are already there; what grows after that is drift.
+callbacks, 200k timers, 50k connections. With FERROLOOP_SOAK_REPORT=path each test
+appends its figures there as JSON lines. RSS is read after a warm-up round, so the pools,
+free lists and allocator arenas the work needs are already there; what grows after that
+is drift.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from helpers import LOCAL, run
 
 SOAK = os.environ.get("FERROLOOP_SOAK") == "1"
@@ -224,7 +224,9 @@ def test_10000_concurrent_connections(loop):
         server = await loop.create_server(Echo, LOCAL, 0, backlog=1024)
         port = server.sockets[0].getsockname()[1]
         t0 = time.monotonic()
-        clients = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENTS, str(port), str(n))
+        clients = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLIENTS, str(port), str(n)
+        )
         assert await clients.wait() == 0
         while state["open"]:
             await asyncio.sleep(0.01)

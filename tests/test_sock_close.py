@@ -18,7 +18,6 @@ import time
 
 import ferroloop
 import pytest
-
 from helpers import LOCAL, pair, run
 
 # asyncio hangs in these cases; the tests check ferroloop's fix.

@@ -12,7 +12,6 @@ import ssl
 import sys
 
 import pytest
-
 from helpers import LOCAL, pair, run
 
 LINGER_0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends RST

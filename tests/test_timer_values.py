@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 from unittest import mock
 
 import pytest
-
 
 
 def noop(*args: Any) -> None:
