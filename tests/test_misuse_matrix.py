@@ -165,6 +165,30 @@ def summary(verdicts: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _public(obj) -> set[str]:
+    return {n for n in dir(obj) if not n.startswith("_")}
+
+
+def test_public_api_is_the_stock_loops():
+    # The matrix calls what the stock loop has; nothing more may be there either (an API
+    # asyncio adds in a later version is absent from older versions' builds).
+    import asyncio
+
+    import ferroloop
+
+    stock, fl = asyncio.SelectorEventLoop(), ferroloop.new_event_loop()
+    try:
+        assert _public(fl) == _public(stock)
+        for make in (lambda lp: lp.call_soon(print), lambda lp: lp.call_later(1, print)):
+            h_stock, h_fl = make(stock), make(fl)
+            assert _public(h_fl) == _public(h_stock)
+            h_stock.cancel()
+            h_fl.cancel()
+    finally:
+        stock.close()
+        fl.close()
+
+
 def test_a_crash_or_hang_is_recorded_and_the_batch_goes_on(monkeypatch, tmp_path):
     ids = ["loop.time[valid]@open", "loop.stop[valid]@open", "loop.is_closed[valid]@open"]
     monkeypatch.setenv("FERROLOOP_MISUSE_ABORT_ON", ids[1])

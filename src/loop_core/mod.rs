@@ -198,6 +198,10 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         if when.is_none() {
+            // asyncio 3.10 checks for a closed loop first (and then asserts).
+            if slf.py().version_info() < (3, 11) {
+                slf.get().check_closed(slf.py())?;
+            }
             return Err(PyTypeError::new_err("when cannot be None"));
         }
         let when = When::Object(when.clone());
@@ -432,6 +436,8 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::RecvInto(buf.clone().unbind()))
     }
 
+    /// The datagram calls are new in asyncio 3.11: absent from builds for 3.10, as there.
+    #[cfg(Py_3_11)]
     fn sock_recvfrom(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -440,6 +446,7 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::RecvFrom(bufsize.clone().unbind()))
     }
 
+    #[cfg(Py_3_11)]
     #[pyo3(signature = (sock, buf, nbytes=None))]
     fn sock_recvfrom_into(
         slf: &Bound<'_, Self>,
@@ -462,6 +469,7 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::SendAll(data.clone().unbind(), 0))
     }
 
+    #[cfg(Py_3_11)]
     fn sock_sendto(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -496,6 +504,7 @@ impl LoopCore {
         pyapi::cached_attr(py, &FUTURE_TYPE, "asyncio", "Future")?.call((), Some(&kwargs))
     }
 
+    #[cfg(Py_3_11)]
     #[pyo3(signature = (coro, *, name=None, context=None))]
     fn create_task<'py>(
         slf: &Bound<'py, Self>,
@@ -503,40 +512,18 @@ impl LoopCore {
         name: Option<&Bound<'py, PyAny>>,
         context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
-        slf.get().check_closed(py)?;
-        let factory = slf
-            .get()
-            .st
-            .borrow(py)
-            .task_factory
-            .as_ref()
-            .map(|f| f.clone_ref(py));
-        let name = name.filter(|n| !n.is_none());
-        let context = context.filter(|c| !c.is_none());
-        if let Some(factory) = factory {
-            let task = match context {
-                None => factory.bind(py).call1((slf, coro))?,
-                Some(ctx) => {
-                    let kwargs = PyDict::new(py);
-                    kwargs.set_item("context", ctx)?;
-                    factory.bind(py).call((slf, coro), Some(&kwargs))?
-                }
-            };
-            if let Some(name) = name {
-                task.call_method1("set_name", (name,))?;
-            }
-            return Ok(task);
-        }
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
-        if let Some(name) = name {
-            kwargs.set_item(pyo3::intern!(py, "name"), name)?;
-        }
-        if let Some(ctx) = context {
-            kwargs.set_item(pyo3::intern!(py, "context"), ctx)?;
-        }
-        pyapi::cached_attr(py, &TASK_TYPE, "asyncio", "Task")?.call((coro,), Some(&kwargs))
+        Self::new_task(slf, coro, name, context)
+    }
+
+    /// asyncio 3.10's create_task() takes no `context=`.
+    #[cfg(not(Py_3_11))]
+    #[pyo3(name = "create_task", signature = (coro, *, name=None))]
+    fn create_task_310<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::new_task(slf, coro, name, None)
     }
 
     fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {

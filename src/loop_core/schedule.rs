@@ -1,12 +1,13 @@
 //! Scheduling: the handles `call_soon` and the timers `call_at`/`call_later` make (with
-//! asyncio's debug-mode checks), and the loop's time, which a replaced `time()` decides.
+//! asyncio's debug-mode checks), tasks, and the loop's time, which a replaced `time()`
+//! decides.
 
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
 use super::deadline::When;
 use super::handles::{self, Handle, HandleState, TimerHandle};
-use super::{LoopCore, CORE_TIME};
+use super::{LoopCore, CORE_TIME, TASK_TYPE};
 use crate::clock;
 use crate::pyapi;
 
@@ -147,5 +148,48 @@ impl LoopCore {
             return slf.call_method0(pyo3::intern!(slf.py(), "time"))?.extract();
         }
         Ok(clock::monotonic())
+    }
+
+    /// `create_task()`: through the task factory if one is set, else `asyncio.Task`.
+    pub(super) fn new_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        slf.get().check_closed(py)?;
+        let factory = slf
+            .get()
+            .st
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py));
+        let name = name.filter(|n| !n.is_none());
+        let context = context.filter(|c| !c.is_none());
+        if let Some(factory) = factory {
+            let task = match context {
+                None => factory.bind(py).call1((slf, coro))?,
+                Some(ctx) => {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item("context", ctx)?;
+                    factory.bind(py).call((slf, coro), Some(&kwargs))?
+                }
+            };
+            if let Some(name) = name {
+                task.call_method1("set_name", (name,))?;
+            }
+            return Ok(task);
+        }
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        if let Some(name) = name {
+            kwargs.set_item(pyo3::intern!(py, "name"), name)?;
+        }
+        if let Some(ctx) = context {
+            kwargs.set_item(pyo3::intern!(py, "context"), ctx)?;
+        }
+        pyapi::cached_attr(py, &TASK_TYPE, "asyncio", "Task")?.call((coro,), Some(&kwargs))
     }
 }
