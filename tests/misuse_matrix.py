@@ -40,6 +40,15 @@ async def _coro() -> None:
     pass
 
 
+def _client_tls() -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class Unhashable:
     __hash__ = None  # type: ignore[assignment]
 
@@ -136,6 +145,13 @@ class Res:
         self.later(f.close)
         return f
 
+    def pipe_writer(self) -> Any:
+        r, w = os.pipe()
+        self.later(lambda: os.close(r))
+        f = os.fdopen(w, "wb", buffering=0)
+        self.later(f.close)
+        return f
+
     def pipe_reader(self) -> Any:
         r, w = os.pipe()
         self.later(lambda: os.close(w))
@@ -148,8 +164,9 @@ class Res:
         self.later(lambda: ex.shutdown(wait=True))
         return ex
 
-    def connection(self) -> tuple[Any, Any]:
-        """A connected stream transport (and its protocol), with its peer socket kept."""
+    def connection(self, peer_closed: bool = False) -> tuple[Any, Any]:
+        """A connected stream transport (and its protocol), with its peer socket kept
+        (or closed, so that a TLS handshake over it fails at once)."""
         ls = self.listener()
 
         async def connect() -> Any:
@@ -157,6 +174,8 @@ class Res:
 
         tr, pr = self.loop.run_until_complete(connect())
         peer, _ = ls.accept()
+        if peer_closed:
+            peer.close()
         self.later(peer.close)
         self.later(lambda: tr._sock is not None and tr._sock.close())
         self.later(tr.abort)
@@ -202,6 +221,17 @@ LOOP_METHODS: dict[str, tuple[str, Callable[[Res], list[Any]], tuple[str, ...]]]
     ),
     "connect_accepted_socket": ("coro", lambda r: [asyncio.Protocol, r.sockpair()[0]], ()),
     "connect_read_pipe": ("coro", lambda r: [asyncio.Protocol, r.pipe_reader()], ()),
+    "connect_write_pipe": ("coro", lambda r: [asyncio.BaseProtocol, r.pipe_writer()], ()),
+    # (Not a coroutine function as the protocol factory: asyncio's own subprocess code
+    # then races the child's exit, on either loop.)
+    "subprocess_exec": ("coro", lambda r: [asyncio.SubprocessProtocol, "true"], ("coro-func",)),
+    "subprocess_shell": ("coro", lambda r: [asyncio.SubprocessProtocol, "true"], ("coro-func",)),
+    "sendfile": ("coro", lambda r: [r.connection()[0], r.file()], ()),
+    "start_tls": (
+        "coro",
+        lambda r: [r.connection(peer_closed=True)[0], asyncio.Protocol(), _client_tls()],
+        (),
+    ),
     "sock_recv": ("coro", lambda r: [r.readable(), 10], ()),
     "sock_recv_into": ("coro", lambda r: [r.readable(), bytearray(10)], ()),
     "sock_recvfrom": ("coro", lambda r: [r.udp(data=True), 10], ()),
@@ -262,6 +292,10 @@ SERVER_METHODS: dict[str, tuple[str, Callable[[Res], list[Any]]]] = {
 if sys.version_info >= (3, 13):
     SERVER_METHODS["close_clients"] = ("sync", lambda r: [])
     SERVER_METHODS["abort_clients"] = ("sync", lambda r: [])
+
+# Keyword arguments every call of a method gets (a TLS handshake over a peer that never
+# answers gives up quickly rather than at the case's deadline).
+DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"start_tls": {"ssl_handshake_timeout": 0.05}}
 
 # Keyword arguments tried with wrong values, per loop method.
 LOOP_KEYWORDS: dict[str, tuple[str, ...]] = {
@@ -422,9 +456,15 @@ def one_iteration(loop: asyncio.AbstractEventLoop, res: Res) -> str:
     return out
 
 
-def awaited(loop: asyncio.AbstractEventLoop, result: Any) -> str:
+# How long a case's awaitable may take; start_tls with a protocol that is not one waits
+# forever on either loop (asyncio's TLS code never completes the call), so cut it short.
+DEADLINE = 2.0
+DEADLINES = {"start_tls": 0.25}
+
+
+def awaited(loop: asyncio.AbstractEventLoop, result: Any, deadline: float = DEADLINE) -> str:
     async def wait() -> Any:
-        return await asyncio.wait_for(result, 2.0)
+        return await asyncio.wait_for(result, deadline)
 
     try:
         return describe(loop.run_until_complete(wait()))
@@ -489,14 +529,14 @@ def run_case(loop_name: str, case: str) -> str:
 def _loop_case(loop: Any, res: Res, name: str, variant: str, ctx: str) -> str:
     kind, valid_args, _ = LOOP_METHODS[name]
     args, kwargs = make_args(variant, valid_args(res))
-    method = functools.partial(getattr(loop, name), **kwargs)
+    method = functools.partial(getattr(loop, name), **{**DEFAULT_KWARGS.get(name, {}), **kwargs})
     if ctx == "closed":
         loop.close()
     if ctx == "running":
 
         async def inside() -> Any:
             r = method(*args)
-            return await asyncio.wait_for(r, 2.0) if kind == "coro" else r
+            return await asyncio.wait_for(r, DEADLINES.get(name, DEADLINE)) if kind == "coro" else r
 
         try:
             return describe(loop.run_until_complete(inside()))
@@ -511,7 +551,9 @@ def _loop_case(loop: Any, res: Res, name: str, variant: str, ctx: str) -> str:
     except BaseException as e:
         return describe_exc(e)
     if kind == "coro":
-        return first_step(result) if loop.is_closed() else awaited(loop, result)
+        if loop.is_closed():
+            return first_step(result)
+        return awaited(loop, result, DEADLINES.get(name, DEADLINE))
     return describe(result) + one_iteration(loop, res)
 
 
