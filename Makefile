@@ -6,7 +6,7 @@ PYTHON := scripts/py.sh $(PY)
 OTHER_PYS := 3.10 3.12 3.13 3.14 3.15
 ALL_PYS := 3.10 3.11 3.12 3.13 3.14 3.15
 
-.PHONY: dev run test test-main test-others wheels conformance upstream bench lint clean
+.PHONY: dev run test test-main test-others wheels conformance upstream soak valgrind bench lint clean
 
 dev:
 	@scripts/venv.sh $(PY) requirements/test.txt requirements/net.txt
@@ -18,9 +18,10 @@ test: test-main test-others
 
 test-main: dev
 	$(PYTHON) -m pytest -q
-	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py tests/test_upstream_decisions.py
+	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py tests/test_upstream_decisions.py tests/test_sock_close.py tests/test_fd_registry.py tests/test_timer_values.py tests/test_probe_cases.py tests/test_fork.py
 	$(PYTHON) tests/conformance/run.py --ci --all
 	$(MAKE) --no-print-directory upstream
+	scripts/valgrind.sh $(PY)
 
 test-others:
 	@for v in $(OTHER_PYS); do \
@@ -48,6 +49,18 @@ upstream: dev
 	$(PYTHON) -m pip install -q -r requirements/upstream.txt
 	$(PYTHON) tests/upstream/run.py --ci -j 4
 
+# The long soak runs (1M callbacks, 200k timers, 50k connections; the quick sizes run in
+# `make test`) and a longer differential fuzz; prints the figures.
+soak: dev
+	@rm -f target/soak-report.jsonl
+	FERROLOOP_SOAK=1 FERROLOOP_SOAK_REPORT=$(CURDIR)/target/soak-report.jsonl $(PYTHON) -m pytest -q tests/test_soak.py
+	FERROLOOP_FUZZ_EXAMPLES=5000 $(PYTHON) -m pytest -q tests/test_fuzz_differential.py
+	@cat target/soak-report.jsonl
+
+# A small program under valgrind over a debug build; fails on an invalid access in ours.
+valgrind: dev
+	scripts/valgrind.sh $(PY)
+
 bench: dev
 	@scripts/venv.sh $(PY) requirements/bench.txt
 	$(PYTHON) benchmarks/run.py
@@ -56,7 +69,7 @@ lint: dev
 	cargo fmt --check
 	cargo clippy --release --all-targets -- -D warnings
 	$(VENV)/bin/python -m pip install -q mypy ruff typing_extensions
-	$(VENV)/bin/ruff check python tests examples benchmarks
+	$(VENV)/bin/ruff check python tests examples benchmarks scripts
 	$(VENV)/bin/python -m mypy.stubtest ferroloop --allowlist tests/stubtest-allowlist.txt
 
 clean:

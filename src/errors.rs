@@ -1,7 +1,8 @@
 //! Conversions from OS errors to the exact Python exceptions asyncio raises.
 
 use pyo3::exceptions::{
-    PyKeyboardInterrupt, PyOSError, PyRuntimeError, PySystemExit, PyValueError,
+    PyAttributeError, PyKeyboardInterrupt, PyOSError, PyOverflowError, PyRuntimeError,
+    PySystemExit, PyTypeError, PyValueError,
 };
 use pyo3::prelude::*;
 use pyo3::types::PyInt;
@@ -30,25 +31,39 @@ pub fn closed_error() -> PyErr {
     PyRuntimeError::new_err("Event loop is closed")
 }
 
-/// `selectors._fileobj_to_fd`: an int, or an object whose `fileno()` gives one.
-pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<i32> {
-    let fd: i64 = if obj.is_instance_of::<PyInt>() {
-        obj.extract()?
+/// `selectors._fileobj_to_fd`: an int, or an object whose `int(fileno())` gives one;
+/// ValueError for anything else and for negative numbers. `Ok(None)`: a number too big
+/// for a C int, which no registration can have (epoll's OverflowError, when added).
+pub fn fileobj_to_fd(obj: &Bound<'_, PyAny>) -> PyResult<Option<i32>> {
+    let py = obj.py();
+    let fd = if obj.is_instance_of::<PyInt>() {
+        obj.clone()
     } else {
-        obj.call_method0("fileno")
-            .and_then(|n| {
-                n.call_method0("__index__")
-                    .or_else(|_| n.call_method0("__int__"))
-            })
-            .and_then(|n| n.extract())
-            .map_err(|_| PyValueError::new_err(format!("Invalid file object: {}", repr(obj))))?
+        let invalid = |e: PyErr| {
+            if e.is_instance_of::<PyAttributeError>(py)
+                || e.is_instance_of::<PyTypeError>(py)
+                || e.is_instance_of::<PyValueError>(py)
+            {
+                PyValueError::new_err(format!("Invalid file object: {}", repr(obj)))
+            } else {
+                e
+            }
+        };
+        let fileno = obj.call_method0("fileno").map_err(invalid)?;
+        py.get_type::<PyInt>().call1((fileno,)).map_err(invalid)?
     };
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
-        )));
+    let negative = || PyValueError::new_err(format!("Invalid file descriptor: {fd}"));
+    match fd.extract::<i64>() {
+        Ok(n) if n < 0 => Err(negative()),
+        Ok(n) => Ok(i32::try_from(n).ok()),
+        Err(_) if fd.lt(0)? => Err(negative()),
+        Err(_) => Ok(None),
     }
-    i32::try_from(fd).map_err(|_| PyValueError::new_err(format!("Invalid file descriptor: {fd}")))
+}
+
+/// What selectors raises registering an fd number beyond a C int.
+pub fn fd_overflow() -> PyErr {
+    PyOverflowError::new_err("Python int too large to convert to C int")
 }
 
 /// `repr(obj)`, falling back to a placeholder when `__repr__` itself fails.

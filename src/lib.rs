@@ -7,6 +7,7 @@ pub(crate) mod loop_core;
 mod poller;
 mod pyapi;
 mod sock_ops;
+mod syscalls;
 mod transports;
 
 use pyo3::prelude::*;

@@ -2,7 +2,7 @@
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyInt, PyTuple};
 
 /// `contextvars.copy_context()`.
 #[inline]
@@ -103,4 +103,34 @@ pub fn version(py: Python<'_>) -> (u8, u8, u8) {
         let v = py.version_info();
         (v.major, v.minor, v.patch)
     })
+}
+
+/// `PyLong_AsDouble`: an int's value as a float, never through a subclass's `__float__`
+/// (OverflowError beyond the float range, as float arithmetic raises).
+pub fn long_as_double(i: &Bound<'_, PyInt>) -> PyResult<f64> {
+    // SAFETY: `i` is a live int (subclasses included) and the GIL is held; -1.0 with an
+    // exception set is the failure value.
+    let v = unsafe { ffi::PyLong_AsDouble(i.as_ptr()) };
+    if v == -1.0 {
+        if let Some(err) = PyErr::take(i.py()) {
+            return Err(err);
+        }
+    }
+    Ok(v)
+}
+
+/// `object.__setattr__(obj, name, value)`, or `object.__delattr__(obj, name)` when
+/// `value` is None.
+pub fn generic_setattr(
+    obj: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyAny>,
+    value: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let value = value.map_or(std::ptr::null_mut(), |v| v.as_ptr());
+    // SAFETY: live objects and the GIL held; a NULL value asks for deletion, as the C API
+    // documents; -1 means an exception is set.
+    if unsafe { ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value) } < 0 {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    Ok(())
 }

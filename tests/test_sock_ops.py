@@ -12,29 +12,10 @@ import ssl
 import sys
 
 import pytest
+from helpers import LOCAL, pair, run
 
-LOCAL = "127.0.0.1"
 LINGER_0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # SO_LINGER on, 0 s: close() sends RST
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio 3.11+ API")
-
-
-def run(loop, coro, timeout=30.0):
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-async def pair(loop):
-    """A connected TCP pair of non-blocking sockets, made with sock_accept/sock_connect."""
-    with socket.socket() as lsock:
-        lsock.bind((LOCAL, 0))
-        lsock.listen()
-        lsock.setblocking(False)
-        csock = socket.socket()
-        csock.setblocking(False)
-        accepting = asyncio.ensure_future(loop.sock_accept(lsock))
-        await loop.sock_connect(csock, lsock.getsockname())
-        conn, addr = await accepting
-        assert addr == csock.getsockname()
-        return csock, conn
 
 
 def watched(loop, sock) -> bool:

@@ -33,6 +33,8 @@ from ._signals import SignalHandlers
 from ._subprocess import ChildWatching
 from ._transports import SocketTransport
 
+_AI_NUMERICHOST = int(socket.AI_NUMERICHOST)
+
 # Typed as Any: its functions are bound to Loop below, which mypy cannot follow.
 _Base: Any = base_events.BaseEventLoop
 
@@ -67,9 +69,11 @@ class _SelectorView:
         self._loop = weakref.ref(loop)
 
     def get_key(self, fileobj: Any) -> selectors.SelectorKey:
-        fd = fileobj if isinstance(fileobj, int) else fileobj.fileno()
         loop = self._loop()
-        events = loop._fd_events(fd) if loop is not None and not loop.is_closed() else 0
+        if loop is None or loop.is_closed():
+            raise RuntimeError("Selector is closed")
+        fd = loop._fd_of(fileobj)  # selectors' lookup, by the object for a closed socket
+        events = loop._fd_events(fd) if fd >= 0 else 0
         if not events:
             raise KeyError(f"{fileobj!r} is not registered")
         return selectors.SelectorKey(fileobj, fd, events, None)
@@ -164,10 +168,12 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
         flags: int = 0,
     ) -> list[Any]:
         """`socket.getaddrinfo` without blocking the loop, as asyncio's."""
-        if not self._debug and _is_numeric(host, port):
+        self._check_closed()  # asyncio's run_in_executor() checks, whatever the address
+        if not self._debug and isinstance(flags, int) and _is_numeric(host, port):
             # Nothing to resolve: answer here rather than round-trip through a thread.
+            # (Plain ints: IntFlag's | would mask a bad flags value into a good one.)
             return socket.getaddrinfo(
-                host, port, family, type, proto, flags | socket.AI_NUMERICHOST
+                host, port, family, type, proto, int(flags) | _AI_NUMERICHOST
             )
         return await _Base.getaddrinfo(  # type: ignore[no-any-return]
             self, host, port, family=family, type=type, proto=proto, flags=flags

@@ -211,10 +211,10 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
     def get_write_buffer_size(self) -> int:
         return self._core.get_write_buffer_size()  # type: ignore[no-any-return]
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
+    def get_write_buffer_limits(self) -> tuple[Any, Any]:
         return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+    def set_write_buffer_limits(self, high: Any = None, low: Any = None) -> None:
         self._core.set_write_buffer_limits(high, low)
 
     def _force_close(self, exc: BaseException | None) -> None:

@@ -20,6 +20,10 @@ use crate::poller::Poller;
 pub(crate) struct FdEntry {
     pub(crate) reader: Option<Py<Handle>>,
     pub(crate) writer: Option<Py<Handle>>,
+    /// The object the fd was registered with (selectors' `key.fileobj`: replaced when
+    /// the interest changes), by which a closed socket is still found; None for the
+    /// socket calls, which register the fd number as asyncio's do.
+    fileobj: Option<Py<PyAny>>,
     /// The registration is one-shot (a socket call's read, alone on the fd).
     oneshot: bool,
     /// No watcher, but the poller holds a disabled one-shot registration.
@@ -33,6 +37,11 @@ pub(crate) struct Fds {
     parked: usize,
 }
 
+/// What a registry change released: the watcher it replaced or removed, and a
+/// registration object. Both are dropped by the caller once no borrow is held (a
+/// socket's finalizer may run).
+pub(crate) type Released = (Option<Py<Handle>>, Option<Py<PyAny>>);
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Dir {
     Read,
@@ -44,6 +53,14 @@ impl FdEntry {
         match dir {
             Dir::Read => &mut self.reader,
             Dir::Write => &mut self.writer,
+        }
+    }
+
+    /// Whether `dir` is watched.
+    pub(crate) fn has(&self, dir: Dir) -> bool {
+        match dir {
+            Dir::Read => self.reader.is_some(),
+            Dir::Write => self.writer.is_some(),
         }
     }
 
@@ -62,7 +79,18 @@ impl Fds {
         self.map.get(&fd)
     }
 
-    /// Installs `handle` for `dir`, returning the handle it replaces. `sock_call`: the
+    /// The fd registered with `fileobj` itself (selectors' exhaustive search, for an
+    /// object whose `fileno()` no longer says: a closed socket).
+    pub(crate) fn find_fileobj(&self, fileobj: &Bound<'_, PyAny>) -> Option<RawFd> {
+        self.map.iter().find_map(|(fd, e)| {
+            e.fileobj
+                .as_ref()
+                .is_some_and(|f| f.as_ptr() == fileobj.as_ptr())
+                .then_some(*fd)
+        })
+    }
+
+    /// Installs `handle` for `dir`, returning what it replaces. `sock_call`: the
     /// watcher is a socket call (registered one-shot when it reads alone). The poller
     /// is updated first, so a failing `epoll_ctl` leaves the registry untouched.
     pub(crate) fn add(
@@ -72,7 +100,8 @@ impl Fds {
         dir: Dir,
         handle: Py<Handle>,
         sock_call: bool,
-    ) -> nix::Result<Option<Py<Handle>>> {
+        fileobj: Option<Py<PyAny>>,
+    ) -> nix::Result<Released> {
         let entry = self.map.get(&fd);
         let known = entry.is_some();
         let (mut r, mut w) = entry.map_or((false, false), FdEntry::interest);
@@ -82,14 +111,36 @@ impl Fds {
         }
         let oneshot = sock_call && dir == Dir::Read && !w;
         // A known fd gets MOD, which falls back to ADD when the registration is gone
-        // (the fd was closed and its number reused since it was parked).
+        // (the fd was closed and its number reused since: the new file is watched,
+        // where selectors' modify() with unchanged events makes no system call and the
+        // watcher never runs).
         poller.set_interest(fd, known, r, w, oneshot)?;
         let entry = self.map.entry(fd).or_default();
         entry.oneshot = oneshot;
         if std::mem::take(&mut entry.parked) {
             self.parked -= 1;
         }
-        Ok(entry.slot(dir).replace(handle))
+        // selectors' modify() keeps the key's fileobj unless the events change.
+        let new_interest = entry.slot(dir).is_none();
+        let old_fileobj = if new_interest || !known {
+            std::mem::replace(&mut entry.fileobj, fileobj)
+        } else {
+            fileobj
+        };
+        Ok((entry.slot(dir).replace(handle), old_fileobj))
+    }
+
+    /// Replaces the watcher of `dir`, which must be there, without a system call (for
+    /// a closed socket, whose fd number is stale). Returns the replaced handle.
+    pub(crate) fn replace(
+        &mut self,
+        fd: RawFd,
+        dir: Dir,
+        handle: Py<Handle>,
+    ) -> Option<Py<Handle>> {
+        let entry = self.map.get_mut(&fd)?;
+        entry.oneshot = false;
+        entry.slot(dir).replace(handle)
     }
 
     /// Re-enables the one-shot read registration of `fd` (its reader is still waiting).
@@ -106,33 +157,32 @@ impl Fds {
     /// A socket call's read finished: its reader goes. A one-shot registration has
     /// reported its event and is disabled by now: it stays, parked, with no syscall.
     /// Returns the removed reader.
-    pub(crate) fn park_reader(
-        &mut self,
-        poller: &Poller,
-        fd: RawFd,
-    ) -> nix::Result<Option<Py<Handle>>> {
+    pub(crate) fn park_reader(&mut self, poller: &Poller, fd: RawFd) -> nix::Result<Released> {
         let Some(entry) = self.map.get_mut(&fd) else {
-            return Ok(None);
+            return Ok((None, None));
         };
         if !entry.oneshot || entry.writer.is_some() {
-            return self.remove(poller, fd, Dir::Read);
+            return self.remove(poller, fd, Dir::Read, None);
         }
         if !entry.parked {
             entry.parked = true;
             self.parked += 1;
         }
-        Ok(entry.reader.take())
+        Ok((entry.reader.take(), None))
     }
 
-    /// Removes the handle for `dir`, if any, and returns it.
+    /// Removes the handle for `dir`, if any, and returns what was released. `fileobj`:
+    /// what the caller named the fd by, the registration's object from now on if
+    /// another direction stays watched (selectors re-registers it).
     pub(crate) fn remove(
         &mut self,
         poller: &Poller,
         fd: RawFd,
         dir: Dir,
-    ) -> nix::Result<Option<Py<Handle>>> {
+        fileobj: Option<Py<PyAny>>,
+    ) -> nix::Result<Released> {
         let Some(entry) = self.map.get_mut(&fd) else {
-            return Ok(None);
+            return Ok((None, fileobj));
         };
         let was_parked = std::mem::take(&mut entry.parked);
         if was_parked {
@@ -140,16 +190,20 @@ impl Fds {
         }
         let old = entry.slot(dir).take();
         if old.is_none() && !was_parked {
-            return Ok(None);
+            return Ok((None, fileobj));
         }
         let (r, w) = entry.interest();
-        if !r && !w {
-            self.map.remove(&fd);
+        let old_fileobj = if !r && !w {
+            self.map.remove(&fd).and_then(|e| e.fileobj)
         } else {
             entry.oneshot = false;
-        }
+            match fileobj {
+                Some(f) => entry.fileobj.replace(f),
+                None => None,
+            }
+        };
         poller.set_interest(fd, true, r, w, false)?;
-        Ok(old)
+        Ok((old, old_fileobj))
     }
 
     /// Empties the registry; the caller drops what it returns once no borrow is held.
@@ -163,5 +217,10 @@ impl Fds {
             .values()
             .flat_map(|e| [e.reader.as_ref(), e.writer.as_ref()])
             .flatten()
+    }
+
+    /// The registration objects, for the collector.
+    pub(crate) fn fileobjs(&self) -> impl Iterator<Item = &Py<PyAny>> {
+        self.map.values().filter_map(|e| e.fileobj.as_ref())
     }
 }

@@ -6,7 +6,7 @@ use std::sync::{Condvar, Mutex};
 use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::LoopCore;
@@ -85,8 +85,13 @@ fn thread_id() -> u64 {
 /// A callback scheduled for a time by `call_at`/`call_later`.
 #[pyclass(name = "TimerHandle", module = "ferroloop", extends = Handle, frozen)]
 pub struct TimerHandle {
-    /// The deadline's f64 bits: re-set when a recycled timer is re-armed.
+    /// The deadline's f64 bits, the heap's sort key: re-set when a recycled timer is
+    /// re-armed.
     when: AtomicU64,
+    /// The deadline object `call_at` was given, which `when()` and `_when` return as
+    /// asyncio does (aiohttp reads back the int it passed); None when the loop computed
+    /// a float deadline itself (`call_later`), made again from the key on demand.
+    when_obj: GilCell<Option<Py<PyAny>>>,
     pub(crate) scheduled: GilCell<bool>,
 }
 
@@ -182,6 +187,13 @@ impl Handle {
         std::mem::replace(&mut *self.state.borrow_mut(py), HandleState::empty())
     }
 
+    /// The callback, if it is a `T`.
+    pub(crate) fn callback_of<T: pyo3::PyTypeInfo>(&self, py: Python<'_>) -> Option<Py<T>> {
+        let s = self.state.borrow(py);
+        let cb = s.callback.as_ref()?.bind(py);
+        cb.cast::<T>().ok().map(|c| c.clone().unbind())
+    }
+
     /// Whether `obj` is this handle's callback (identity).
     pub(crate) fn callback_is(&self, py: Python<'_>, obj: &Bound<'_, PyAny>) -> bool {
         self.state
@@ -189,6 +201,14 @@ impl Handle {
             .callback
             .as_ref()
             .is_some_and(|cb| cb.as_ptr() == obj.as_ptr())
+    }
+
+    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .context
+            .as_ref()
+            .map(|c| c.clone_ref(py))
     }
 
     #[inline]
@@ -347,12 +367,10 @@ impl Handle {
         self.is_cancelled(py)
     }
 
+    /// New in asyncio 3.12: absent from builds for older interpreters, as there.
+    #[cfg(Py_3_12)]
     fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state
-            .borrow(py)
-            .context
-            .as_ref()
-            .map(|c| c.clone_ref(py))
+        self.context(py)
     }
 
     /// Runs the callback now, reporting errors to the loop (asyncio's `Handle._run`).
@@ -390,7 +408,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.get_context(py)
+        self.context(py)
     }
 
     #[getter]
@@ -410,7 +428,8 @@ impl Handle {
         let mut info = Self::repr_info(slf, py)?;
         if let Ok(timer) = slf.cast::<TimerHandle>() {
             let pos = if slf.get().is_cancelled(py) { 2 } else { 1 };
-            let when = format!("when={}", pyfloat_repr(py, timer.get().deadline())?);
+            // asyncio: f'when={self._when}'.
+            let when = format!("when={}", timer.get().when_object(py).bind(py).str()?);
             info.insert(pos.min(info.len()), when);
         }
         Ok(format!("<{}>", info.join(" ")))
@@ -449,29 +468,49 @@ impl Handle {
     }
 }
 
-fn pyfloat_repr(py: Python<'_>, value: f64) -> PyResult<String> {
-    Ok(pyo3::types::PyFloat::new(py, value).repr()?.to_string())
-}
-
 impl TimerHandle {
     #[inline]
     pub(crate) fn deadline(&self) -> f64 {
         f64::from_bits(self.when.load(Ordering::Relaxed))
     }
 
-    /// Re-arms a recycled timer for `when`; returns the (empty) previous state.
+    /// The deadline as asyncio's `_when` holds it: the object given, else the key.
+    pub(crate) fn when_object(&self, py: Python<'_>) -> Py<PyAny> {
+        match &*self.when_obj.borrow(py) {
+            Some(obj) => obj.clone_ref(py),
+            None => PyFloat::new(py, self.deadline()).into_any().unbind(),
+        }
+    }
+
+    /// Re-arms a recycled timer for `when` (`obj`: the deadline object, if kept);
+    /// returns the (empty) previous state.
     pub(crate) fn rearm(
         slf: &Bound<'_, TimerHandle>,
         state: HandleState,
         when: f64,
+        obj: Option<Py<PyAny>>,
     ) -> HandleState {
+        let py = slf.py();
         slf.get().when.store(when.to_bits(), Ordering::Relaxed);
-        slf.as_super().get().rearm(slf.py(), state)
+        // Recycled timers hold no deadline object (see `take_when_object`).
+        *slf.get().when_obj.borrow_mut(py) = obj;
+        slf.as_super().get().rearm(py, state)
     }
 
-    pub(crate) fn new_init(base: Handle, when: f64) -> PyClassInitializer<TimerHandle> {
+    /// Empties the deadline object of a timer being recycled; the caller drops it once
+    /// no borrow is held.
+    pub(crate) fn take_when_object(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.when_obj.borrow_mut(py).take()
+    }
+
+    pub(crate) fn new_init(
+        base: Handle,
+        when: f64,
+        obj: Option<Py<PyAny>>,
+    ) -> PyClassInitializer<TimerHandle> {
         PyClassInitializer::from(base).add_subclass(TimerHandle {
             when: AtomicU64::new(when.to_bits()),
+            when_obj: GilCell::new(obj),
             scheduled: GilCell::new(false),
         })
     }
@@ -479,13 +518,13 @@ impl TimerHandle {
 
 #[pymethods]
 impl TimerHandle {
-    fn when(&self) -> f64 {
-        self.deadline()
+    fn when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.deadline()
+    fn _when(&self, py: Python<'_>) -> Py<PyAny> {
+        self.when_object(py)
     }
 
     #[getter]
@@ -513,10 +552,22 @@ impl TimerHandle {
         Handle::do_cancel(base)
     }
 
-    fn __hash__(&self) -> u64 {
-        let when = self.deadline();
-        let bits = if when == 0.0 { 0 } else { when.to_bits() };
-        bits ^ (bits >> 32)
+    /// asyncio: `hash(self._when)`.
+    fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {
+        self.when_object(py).bind(py).hash()
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Ok(obj) = self.when_obj.try_borrow_for_gc(&visit) {
+            if let Some(obj) = &*obj {
+                visit.call(obj)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        Python::attach(|py| drop(self.take_when_object(py)))
     }
 
     fn __richcmp__(

@@ -1,10 +1,13 @@
 //! `LoopCore`: the Rust half of `ferroloop.Loop` — ready queue, timers, fd watchers,
 //! task creation — and the `_core` module's registration.
 
+mod deadline;
 pub(crate) mod fds;
 pub(crate) mod handles;
 mod run;
+mod schedule;
 mod timers;
+mod watch;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -17,13 +20,14 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::clock;
-use crate::errors::{closed_error, fileobj_to_fd, os_error};
+use crate::errors::{closed_error, os_error};
 use crate::gil_cell::GilCell;
 use crate::poller::Poller;
 use crate::pyapi;
 use crate::sock_ops::{Op, SockCall};
+use deadline::When;
 use fds::{Dir, Fds};
-use handles::{Handle, HandleState, TimerHandle};
+use handles::{Handle, TimerHandle};
 use timers::Timers;
 
 pub(crate) struct State {
@@ -35,6 +39,11 @@ pub(crate) struct State {
     closed: bool,
     stopping: bool,
     debug: bool,
+    /// The object `set_debug()` was given, which `get_debug()` returns as asyncio does.
+    debug_obj: Option<Py<PyAny>>,
+    /// Whether `time()` is replaced (on the instance, `mock.patch.object(loop,
+    /// "time")`, or by the class); None: to be found out again.
+    custom_time: Option<bool>,
     thread_id: Option<u64>,
     current_handle: Option<Py<Handle>>,
     task_factory: Option<Py<PyAny>>,
@@ -43,6 +52,10 @@ pub(crate) struct State {
     handle_pool: Vec<Py<Handle>>,
     /// The same for fired timers.
     timer_pool: Vec<Py<TimerHandle>>,
+    /// Socket calls waiting on their fd, and whether the check of their sockets is
+    /// scheduled (see `check_sock_calls`).
+    sock_waiters: usize,
+    sock_check_armed: bool,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -59,42 +72,11 @@ pub struct LoopCore {
 const HANDLE_POOL_MAX: usize = 16384;
 /// Fired timers kept for reuse.
 const TIMER_POOL_MAX: usize = 4096;
+/// How often the sockets of waiting socket calls are checked for a close() (seconds).
+const SOCK_CHECK_INTERVAL: f64 = 1.0;
 
 static FUTURES_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static TASKS_MODULE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// Which keywords `create_task` passes on to a task factory, by interpreter version.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum TaskKwargs {
-    /// Up to 3.13.2: only `name` and `context`, the factory gets `context` alone.
-    Legacy,
-    /// 3.13.4–3.13.x: any keyword, `name` set afterwards, `context` only when not None.
-    NameAfter,
-    /// 3.13.3 and 3.14+: every keyword as given.
-    PassAll,
-}
-
-impl TaskKwargs {
-    fn of(py: Python<'_>) -> Self {
-        let v = pyapi::version(py);
-        if v >= (3, 14, 0) || v == (3, 13, 3) {
-            TaskKwargs::PassAll
-        } else if v >= (3, 13, 4) {
-            TaskKwargs::NameAfter
-        } else {
-            TaskKwargs::Legacy
-        }
-    }
-}
-
-/// `d.pop(key, None)`.
-fn pop_item<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let item = d.get_item(key)?;
-    if item.is_some() {
-        d.del_item(key)?;
-    }
-    Ok(item)
-}
+static CORE_TIME: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 impl LoopCore {
     #[inline]
@@ -112,241 +94,6 @@ impl LoopCore {
             return Err(closed_error());
         }
         Ok(())
-    }
-
-    /// Builds a handle for `callback(*args)` in `context` (a copy of the current one if
-    /// None), with the debug-mode checks asyncio makes on the way.
-    fn new_handle(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-        method: Option<&str>,
-    ) -> PyResult<HandleState> {
-        let py = slf.py();
-        let debug = slf.get().debug(py);
-        let mut source_traceback = None;
-        if debug {
-            if let Some(method) = method {
-                if method != "call_soon_threadsafe" {
-                    slf.call_method0("_check_thread")?;
-                }
-                slf.call_method1("_check_callback", (callback, method))?;
-            }
-            source_traceback = Some(handles::source_traceback(py)?);
-        }
-        let context = match context {
-            Some(c) if !c.is_none() => c.clone().unbind(),
-            _ => pyapi::copy_context(py)?.unbind(),
-        };
-        Ok(HandleState::new(
-            callback.clone().unbind(),
-            args.clone().unbind(),
-            context,
-            slf.clone().into_any().unbind(),
-            source_traceback,
-        ))
-    }
-
-    /// A handle for `state`: a recycled one if the pool has any, else a new one.
-    fn handle_for(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let pooled = slf.get().st.borrow_mut(py).handle_pool.pop();
-        match pooled {
-            Some(handle) => {
-                // Recycled handles are empty: nothing to release from the old state.
-                let _empty = handle.get().rearm(py, state);
-                Ok(handle)
-            }
-            None => Py::new(py, Handle::new(state)),
-        }
-    }
-
-    fn schedule_soon(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let handle = Self::handle_for(slf, state)?;
-        slf.get()
-            .st
-            .borrow_mut(py)
-            .ready
-            .push_back(handle.clone_ref(py));
-        Ok(handle)
-    }
-
-    fn schedule_at(
-        slf: &Bound<'_, Self>,
-        when: f64,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<&Bound<'_, PyAny>>,
-        method: &str,
-    ) -> PyResult<Py<TimerHandle>> {
-        let py = slf.py();
-        slf.get().check_closed(py)?;
-        let base = Self::new_handle(slf, callback, args, context, Some(method))?;
-        let pooled = slf.get().st.borrow_mut(py).timer_pool.pop();
-        let timer = match pooled {
-            Some(timer) => {
-                let _empty = TimerHandle::rearm(timer.bind(py), base, when);
-                timer
-            }
-            None => Py::new(py, TimerHandle::new_init(Handle::new(base), when))?,
-        };
-        slf.get()
-            .st
-            .borrow_mut(py)
-            .timers
-            .push(py, when, timer.clone_ref(py));
-        Ok(timer)
-    }
-
-    pub(crate) fn add_io(
-        slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        dir: Dir,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        slf.get().check_closed(slf.py())?;
-        Self::add_io_fd(slf, fileobj_to_fd(fd)?, callback, args, dir, false, context)
-    }
-
-    /// Watches `fd` for `dir` with a new handle for `callback(*args)`; the handle it
-    /// replaces, if any, is cancelled (asyncio's `_add_reader`/`_add_writer`).
-    /// `sock_call`: the callback is a socket call (see `Fds`). `context`: the one the
-    /// callback runs in, a copy of the current one if None.
-    pub(crate) fn add_io_fd(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        dir: Dir,
-        sock_call: bool,
-        context: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        slf.get().check_closed(py)?;
-        let state = Self::new_handle(slf, callback, args, context, None)?;
-        let handle = Self::handle_for(slf, state)?;
-        let old = {
-            let mut st = slf.get().st.borrow_mut(py);
-            let poller = st.poller.clone().ok_or_else(closed_error)?;
-            st.fds
-                .add(&poller, fd, dir, handle.clone_ref(py), sock_call)
-                .map_err(os_error)?
-        };
-        if let Some(old) = old {
-            Handle::do_cancel(old.bind(py))?;
-        }
-        Ok(handle)
-    }
-
-    /// Whether the watcher of `fd` for `dir` calls `owner`.
-    fn watched_by(&self, py: Python<'_>, fd: RawFd, dir: Dir, owner: &Bound<'_, PyAny>) -> bool {
-        self.st.borrow(py).fds.get(fd).is_some_and(|e| {
-            let slot = match dir {
-                Dir::Read => &e.reader,
-                Dir::Write => &e.writer,
-            };
-            slot.as_ref()
-                .is_some_and(|h| h.get().callback_is(py, owner))
-        })
-    }
-
-    /// A socket call finished reading: its reader goes, its one-shot registration stays
-    /// parked for the next call (see `Fds`). Nothing if `owner` no longer reads `fd`.
-    pub(crate) fn park_reader(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        owner: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        Self::drop_watcher_of(slf, fd, Dir::Read, owner, |fds, poller| {
-            fds.park_reader(poller, fd)
-        })
-    }
-
-    /// Takes `owner`'s watcher of `fd` for `dir` out of the registry with `take` (which
-    /// updates the poller), then cancels it. Nothing if the watcher there is someone
-    /// else's by now.
-    fn drop_watcher_of(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        dir: Dir,
-        owner: &Bound<'_, PyAny>,
-        take: impl FnOnce(&mut Fds, &Poller) -> nix::Result<Option<Py<Handle>>>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if !slf.get().watched_by(py, fd, dir, owner) {
-            return Ok(());
-        }
-        let old = {
-            let mut st = slf.get().st.borrow_mut(py);
-            let Some(poller) = st.poller.clone() else {
-                return Ok(());
-            };
-            take(&mut st.fds, &poller).map_err(os_error)?
-        };
-        if let Some(old) = old {
-            Handle::do_cancel(old.bind(py))?;
-        }
-        Ok(())
-    }
-
-    /// A socket call woke for nothing (spurious readiness): re-arm its one-shot read.
-    pub(crate) fn rearm_reader(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        owner: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        if !slf.get().watched_by(py, fd, Dir::Read, owner) {
-            return Ok(());
-        }
-        let mut st = slf.get().st.borrow_mut(py);
-        let Some(poller) = st.poller.clone() else {
-            return Ok(());
-        };
-        st.fds.rearm(&poller, fd).map_err(os_error)
-    }
-
-    /// Stops watching `fd` for `dir` if the watcher there calls `owner` (so an operation
-    /// that finished, or was cancelled, never removes a watcher installed after it).
-    pub(crate) fn remove_io_owned_by(
-        slf: &Bound<'_, Self>,
-        fd: RawFd,
-        dir: Dir,
-        owner: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        Self::drop_watcher_of(slf, fd, dir, owner, |fds, poller| {
-            fds.remove(poller, fd, dir)
-        })
-    }
-
-    pub(crate) fn remove_io(
-        slf: &Bound<'_, Self>,
-        fd: &Bound<'_, PyAny>,
-        dir: Dir,
-    ) -> PyResult<bool> {
-        let py = slf.py();
-        if slf.get().st.borrow(py).closed {
-            return Ok(false);
-        }
-        let fd = fileobj_to_fd(fd)?;
-        let old = {
-            let mut st = slf.get().st.borrow_mut(py);
-            let Some(poller) = st.poller.clone() else {
-                return Ok(false);
-            };
-            st.fds.remove(&poller, fd, dir).map_err(os_error)?
-        };
-        match old {
-            Some(old) => {
-                old.bind(py).call_method0("cancel")?;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
     }
 }
 
@@ -366,11 +113,15 @@ impl LoopCore {
                 closed: false,
                 stopping: false,
                 debug: false,
+                debug_obj: None,
+                custom_time: None,
                 thread_id: None,
                 current_handle: None,
                 task_factory: None,
                 handle_pool: Vec::new(),
                 timer_pool: Vec::new(),
+                sock_waiters: 0,
+                sock_check_armed: false,
             }),
             clock_resolution: clock::resolution(),
         })
@@ -419,18 +170,23 @@ impl LoopCore {
         args: &Bound<'_, PyTuple>,
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
         if delay.is_none() {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
-        let now = clock::monotonic();
-        // asyncio computes `self.time() + delay`: anything that adds to a float goes,
-        // anything else (Decimal, str) raises TypeError.
-        let when = if delay.is_exact_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
-            now + delay.extract::<f64>()?
+        // asyncio: `self.call_at(self.time() + delay, ...)`. Float and int delays on the
+        // core's clock are added here; anything else is added as Python adds it.
+        let when = if Self::custom_time(slf)? {
+            let now = slf.call_method0(pyo3::intern!(py, "time"))?;
+            When::Object(now.add(delay)?)
+        } else if let Ok(d) = delay.cast_exact::<PyFloat>() {
+            When::Computed(clock::monotonic() + d.value())
+        } else if let Ok(d) = delay.cast_exact::<PyInt>() {
+            When::Computed(clock::monotonic() + deadline::int_value(d)?)
         } else {
-            PyFloat::new(slf.py(), now).add(delay)?.extract::<f64>()?
+            When::Object(PyFloat::new(py, clock::monotonic()).add(delay)?)
         };
-        Self::schedule_at(slf, when, callback, args, context, "call_later")
+        Self::schedule_at(slf, when, callback, args, context, Some("call_later"))
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -442,9 +198,14 @@ impl LoopCore {
         context: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         if when.is_none() {
+            // asyncio 3.10 checks for a closed loop first (and then asserts).
+            if slf.py().version_info() < (3, 11) {
+                slf.get().check_closed(slf.py())?;
+            }
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        Self::schedule_at(slf, when.extract()?, callback, args, context, "call_at")
+        let when = When::Object(when.clone());
+        Self::schedule_at(slf, when, callback, args, context, Some("call_at"))
     }
 
     /// Stop after the callbacks of the current iteration have run.
@@ -460,20 +221,50 @@ impl LoopCore {
         self.st.borrow(py).closed
     }
 
-    fn get_debug(&self, py: Python<'_>) -> bool {
-        self.debug(py)
+    /// What `set_debug()` was given (asyncio returns the object itself: 1 stays 1).
+    fn get_debug(&self, py: Python<'_>) -> Py<PyAny> {
+        let st = self.st.borrow(py);
+        match &st.debug_obj {
+            Some(obj) => obj.clone_ref(py),
+            None => pyo3::types::PyBool::new(py, st.debug)
+                .to_owned()
+                .into_any()
+                .unbind(),
+        }
     }
 
     #[getter(_debug)]
-    fn get_debug_attr(&self, py: Python<'_>) -> bool {
-        self.debug(py)
+    fn get_debug_attr(&self, py: Python<'_>) -> Py<PyAny> {
+        self.get_debug(py)
     }
 
     #[setter(_debug)]
     fn set_debug_attr(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let value = value.is_truthy()?;
-        self.st.borrow_mut(py).debug = value;
+        let on = value.is_truthy()?;
+        let old = {
+            let mut st = self.st.borrow_mut(py);
+            st.debug = on;
+            st.debug_obj.replace(value.clone().unbind())
+        };
+        drop(old);
         Ok(())
+    }
+
+    /// Notes a `time` or `__class__` set on or deleted from the instance, after which
+    /// the run step looks again at which `time()` to call; every attribute is set as
+    /// `object.__setattr__` sets it.
+    fn __setattr__(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        pyapi::generic_setattr(slf.as_any(), name, Some(value))?;
+        Self::attribute_changed(slf, name)
+    }
+
+    fn __delattr__(slf: &Bound<'_, Self>, name: &Bound<'_, PyAny>) -> PyResult<()> {
+        pyapi::generic_setattr(slf.as_any(), name, None)?;
+        Self::attribute_changed(slf, name)
     }
 
     #[getter(_closed)]
@@ -527,6 +318,21 @@ impl LoopCore {
         }
     }
 
+    /// Every `SOCK_CHECK_INTERVAL` while socket calls wait: a call whose socket was
+    /// closed under it ends with EBADF (asyncio's would wait forever; the kernel tells
+    /// no one about a close, so the sockets are looked at).
+    fn _check_sock_calls(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        slf.get().st.borrow_mut(py).sock_check_armed = false;
+        for call in slf.get().waiting_sock_calls(py) {
+            SockCall::end_if_closed(call.bind(py))?;
+        }
+        if slf.get().st.borrow(py).sock_waiters > 0 {
+            Self::arm_sock_check(slf)?;
+        }
+        Ok(())
+    }
+
     /// Runs iterations until `stop()`; `Loop.run_forever` does the set-up around it.
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
@@ -547,8 +353,10 @@ impl LoopCore {
         Self::run_once(slf)
     }
 
-    /// Marks the loop closed and releases callbacks, timers, watchers and the poller.
-    fn _close_core(&self, py: Python<'_>) {
+    /// Marks the loop closed and releases callbacks, timers, watchers and the poller;
+    /// socket calls still waiting give their sockets back.
+    fn _close_core(&self, py: Python<'_>) -> PyResult<()> {
+        let calls = self.waiting_sock_calls(py);
         let released = {
             let mut st = self.st.borrow_mut(py);
             st.closed = true;
@@ -563,6 +371,10 @@ impl LoopCore {
             )
         };
         drop(released);
+        for call in calls {
+            call.get().loop_closed(py)?;
+        }
+        Ok(())
     }
 
     /// Watches `fd` (asyncio's `_add_reader`: no transport check; returns the handle).
@@ -598,6 +410,12 @@ impl LoopCore {
         Self::remove_io(slf, fd, Dir::Write)
     }
 
+    /// The fd `fileobj` names for the selector view (`_SelectorView.get_key`): -1 if
+    /// none could be registered.
+    fn _fd_of(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+        Ok(self.lookup_fd(py, fileobj)?.0.unwrap_or(-1))
+    }
+
     /// The events watched on `fd`: 1 (read) | 2 (write), 0 if none (selectors' masks).
     fn _fd_events(&self, py: Python<'_>, fd: i32) -> u8 {
         self.st.borrow(py).fds.get(fd).map_or(0, |e| {
@@ -621,6 +439,8 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::RecvInto(buf.clone().unbind()))
     }
 
+    /// The datagram calls are new in asyncio 3.11: absent from builds for 3.10, as there.
+    #[cfg(Py_3_11)]
     fn sock_recvfrom(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -629,6 +449,7 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::RecvFrom(bufsize.clone().unbind()))
     }
 
+    #[cfg(Py_3_11)]
     #[pyo3(signature = (sock, buf, nbytes=None))]
     fn sock_recvfrom_into(
         slf: &Bound<'_, Self>,
@@ -651,6 +472,7 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::SendAll(data.clone().unbind(), 0))
     }
 
+    #[cfg(Py_3_11)]
     fn sock_sendto(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
@@ -700,48 +522,18 @@ impl LoopCore {
         kwargs: Option<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        slf.get().check_closed(py)?;
-        let factory = slf
-            .get()
-            .st
-            .borrow(py)
-            .task_factory
-            .as_ref()
-            .map(|f| f.clone_ref(py));
-        let kwargs = kwargs.unwrap_or_else(|| PyDict::new(py));
-        let contract = TaskKwargs::of(py);
-        // Keywords taken out of `kwargs` for the name/context contracts.
-        let mut name = None;
-        if contract != TaskKwargs::PassAll {
-            name = pop_item(&kwargs, "name")?.filter(|n| !n.is_none());
-            let context = pop_item(&kwargs, "context")?.filter(|c| !c.is_none());
-            if contract == TaskKwargs::Legacy {
-                if let Some((key, _)) = kwargs.iter().next() {
+        if let (Some(kwargs), true) = (&kwargs, pyapi::version(py) < (3, 11, 0)) {
+            // asyncio 3.10's create_task() takes name= only.
+            for (key, _) in kwargs.iter() {
+                if key.extract::<&str>().ok() != Some("name") {
                     return Err(PyTypeError::new_err(format!(
                         "create_task() got an unexpected keyword argument {}",
                         key.repr()?
                     )));
                 }
             }
-            if let Some(context) = context {
-                kwargs.set_item(pyo3::intern!(py, "context"), context)?;
-            }
         }
-        if let Some(factory) = factory {
-            let task = factory.bind(py).call((slf, coro), Some(&kwargs))?;
-            if let Some(name) = name {
-                task.call_method1(pyo3::intern!(py, "set_name"), (name,))?;
-            }
-            return Ok(task);
-        }
-        if let Some(name) = name {
-            kwargs.set_item(pyo3::intern!(py, "name"), name)?;
-        }
-        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
-        let tasks = pyapi::cached_attr(py, &TASKS_MODULE, "asyncio", "tasks")?;
-        tasks
-            .getattr(pyo3::intern!(py, "Task"))?
-            .call((coro,), Some(&kwargs))
+        Self::new_task(slf, coro, kwargs)
     }
 
     fn set_task_factory(&self, py: Python<'_>, factory: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -781,10 +573,13 @@ impl LoopCore {
         {
             visit.call(h)?;
         }
+        for obj in st.fds.fileobjs() {
+            visit.call(obj)?;
+        }
         for t in st.timers.iter().chain(st.timer_pool.iter()) {
             visit.call(t)?;
         }
-        for obj in [&st.task_factory].into_iter().flatten() {
+        for obj in [&st.task_factory, &st.debug_obj].into_iter().flatten() {
             visit.call(obj)?;
         }
         if let Some(h) = &st.current_handle {
@@ -802,6 +597,7 @@ impl LoopCore {
                     st.timers.take_all(),
                     st.fds.take_all(),
                     st.task_factory.take(),
+                    st.debug_obj.take(),
                     st.current_handle.take(),
                     std::mem::take(&mut st.handle_pool),
                     std::mem::take(&mut st.timer_pool),

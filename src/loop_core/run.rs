@@ -38,7 +38,7 @@ impl LoopCore {
 
         // Timers due by now (plus the clock's resolution) join the ready queue.
         if !this.st.borrow(py).timers.is_empty() {
-            let end = clock::monotonic() + this.clock_resolution;
+            let end = Self::now(slf)? + this.clock_resolution;
             // No Python code runs while due timers move over: one borrow serves them all.
             let st = &mut *this.st.borrow_mut(py);
             while let Some(timer) = st.timers.pop_due(end) {
@@ -98,6 +98,9 @@ impl LoopCore {
         }
         // Released before the handle is pooled: finalizers may run here.
         drop(handle.get().take_state(py));
+        if let Some(t) = &timer {
+            drop(t.get().take_when_object(py));
+        }
         let mut st = this.st.borrow_mut(py);
         match timer {
             None => st.handle_pool.push(handle.unbind()),
@@ -116,6 +119,20 @@ impl LoopCore {
         let Some(poller) = this.st.borrow(py).poller.clone() else {
             return Ok(());
         };
+        // A `time()` that replaced the clock is Python code: called before the flag is
+        // raised, when a timer may set the timeout. (The clock is read below.)
+        let call_time = {
+            let st = this.st.borrow(py);
+            st.custom_time != Some(false)
+                && st.ready.is_empty()
+                && !st.stopping
+                && !st.timers.is_empty()
+        };
+        let now = if call_time {
+            Some(Self::now(slf)?)
+        } else {
+            None
+        };
         // Raised before the timeout is read, and no Python code runs until the wait: a
         // thread queueing a callback (it needs the GIL) either is seen by the timeout
         // computation or sees the flag and wakes us.
@@ -125,8 +142,8 @@ impl LoopCore {
             let timeout = if !st.ready.is_empty() || st.stopping {
                 Some(Duration::ZERO)
             } else if let Some(when) = st.timers.earliest() {
-                // asyncio: min(max(0, when - now), MAXIMUM_SELECT_TIMEOUT); NaN gives 0.
-                let secs = when - clock::monotonic();
+                // asyncio: min(max(0, when - now), MAXIMUM_SELECT_TIMEOUT).
+                let secs = when - now.unwrap_or_else(clock::monotonic);
                 let secs = if secs > 0.0 {
                     secs.min(MAXIMUM_SELECT_TIMEOUT)
                 } else {

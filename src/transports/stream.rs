@@ -12,7 +12,7 @@ use std::os::fd::RawFd;
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, Shutdown};
 use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyTuple};
@@ -23,7 +23,9 @@ use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
 use crate::pyapi;
-use crate::sock_ops;
+use crate::syscalls;
+
+mod flow;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -50,8 +52,12 @@ struct StreamState {
     paused: bool,
     eof: bool,
     protocol_paused: bool,
+    /// The water marks as compared with the buffer's size (a float mark's floor).
     high_water: usize,
     low_water: usize,
+    /// The marks as `set_write_buffer_limits` got them, which asyncio's
+    /// `get_write_buffer_limits()` returns (None: the defaults).
+    limits: Option<(Py<PyAny>, Py<PyAny>)>,
     empty_waiter: Option<Py<PyAny>>,
     /// The context protocol callbacks run in (3.15: captured when the connection was
     /// made); None: each callback gets a copy of the current one, as before 3.15.
@@ -277,63 +283,6 @@ impl StreamTransport {
         this.call_soon(py, &cb, Some(exc.unwrap_or(&none)))
     }
 
-    fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let pause = {
-            let mut st = slf.get().st.borrow_mut(py);
-            if st.pending() <= st.high_water || st.protocol_paused {
-                false
-            } else {
-                st.protocol_paused = true;
-                true
-            }
-        };
-        if pause {
-            Self::notify_flow(slf, "pause_writing")?;
-        }
-        Ok(())
-    }
-
-    fn maybe_resume_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let resume = {
-            let mut st = slf.get().st.borrow_mut(py);
-            if st.protocol_paused && st.pending() <= st.low_water {
-                st.protocol_paused = false;
-                true
-            } else {
-                false
-            }
-        };
-        if resume {
-            Self::notify_flow(slf, "resume_writing")?;
-        }
-        Ok(())
-    }
-
-    /// Calls `protocol.pause_writing()`/`resume_writing()`, reporting its failures.
-    fn notify_flow(slf: &Bound<'_, Self>, method: &str) -> PyResult<()> {
-        let py = slf.py();
-        let Some(protocol) = slf.get().protocol(py) else {
-            return Ok(());
-        };
-        if let Err(err) = protocol.call_method0(method) {
-            if errors::propagates(py, &err) {
-                return Err(err);
-            }
-            if let Some(lp) = slf.get().loop_of(py) {
-                let exc = err.into_value(py).into_any();
-                Self::report(
-                    slf,
-                    &lp,
-                    &format!("protocol.{method}() failed"),
-                    exc.bind(py),
-                )?;
-            }
-        }
-        Ok(())
-    }
-
     /// Sends `chunks` now as far as the socket takes them, buffering the rest (asyncio's
     /// `write`, for one chunk or many: a single `sendmsg`, no joining copy).
     fn send_or_buffer(slf: &Bound<'_, Self>, chunks: &[Data<'_>]) -> PyResult<()> {
@@ -396,6 +345,11 @@ impl StreamTransport {
         if sent == total {
             return Ok(());
         }
+        // Watched before buffered, as asyncio: on a closed loop the RuntimeError leaves
+        // nothing behind.
+        if was_empty {
+            Self::add_io(slf, Dir::Write)?;
+        }
         {
             let mut st = this.st.borrow_mut(py);
             let mut skip = sent;
@@ -408,9 +362,6 @@ impl StreamTransport {
                 st.wbuf.extend_from_slice(&s[skip..]);
                 skip = 0;
             }
-        }
-        if was_empty {
-            Self::add_io(slf, Dir::Write)?;
         }
         Self::maybe_pause_protocol(slf)
     }
@@ -444,7 +395,7 @@ impl StreamTransport {
     fn read_data_received(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        let data = match sock_ops::recv_bytes(py, this.fd, MAX_READ)? {
+        let data = match syscalls::recv_bytes(py, this.fd, MAX_READ)? {
             Ok(Some(d)) => d,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -496,7 +447,7 @@ impl StreamTransport {
         // The protocol's own buffer is filled in place: by recv(2) when it is a writable
         // C-contiguous buffer, else through the socket object as asyncio does
         // (`sock.recv_into`), which takes any writable buffer or raises its TypeError.
-        let nbytes = match sock_ops::recv_into_buffer(this.fd, &buf) {
+        let nbytes = match syscalls::recv_into_buffer(this.fd, &buf) {
             Some(Ok(n)) => n,
             Some(Err(Errno::EAGAIN | Errno::EINTR)) => return Ok(()),
             Some(Err(e)) => {
@@ -597,6 +548,7 @@ impl StreamTransport {
                 protocol_paused: false,
                 high_water: DEFAULT_HIGH_WATER,
                 low_water: DEFAULT_HIGH_WATER / 4,
+                limits: None,
                 empty_waiter: None,
                 context: context.filter(|c| !c.is_none()).map(|c| c.clone().unbind()),
             }),
@@ -698,6 +650,27 @@ impl StreamTransport {
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        if py.version_info() >= (3, 12) {
+            // asyncio 3.12+ (writelines through sendmsg): the state is checked first,
+            // then a false argument (an empty list, None) writes nothing.
+            {
+                let st = slf.get().st.borrow(py);
+                if st.eof {
+                    return Err(PyRuntimeError::new_err(
+                        "Cannot call writelines() after write_eof()",
+                    ));
+                }
+                if st.empty_waiter.is_some() {
+                    return Err(PyRuntimeError::new_err(
+                        "unable to writelines; sendfile is in progress",
+                    ));
+                }
+            }
+            if !list_of_data.is_truthy()? {
+                return Ok(());
+            }
+        }
         let mut chunks = Vec::new();
         for (i, item) in list_of_data.try_iter()?.enumerate() {
             let item = item?;
@@ -853,9 +826,8 @@ impl StreamTransport {
         self.st.borrow(py).pending()
     }
 
-    fn get_write_buffer_limits(&self, py: Python<'_>) -> (usize, usize) {
-        let st = self.st.borrow(py);
-        (st.low_water, st.high_water)
+    fn get_write_buffer_limits(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
+        self.limits(py)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -864,27 +836,7 @@ impl StreamTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let py = slf.py();
-        let high = high.filter(|h| !h.is_none());
-        let low = low.filter(|l| !l.is_none());
-        let as_int = |v: &Bound<'_, PyAny>| v.extract::<i64>();
-        let (high, low) = match (high, low) {
-            (None, None) => (DEFAULT_HIGH_WATER as i64, (DEFAULT_HIGH_WATER / 4) as i64),
-            (None, Some(l)) => (4 * as_int(l)?, as_int(l)?),
-            (Some(h), None) => (as_int(h)?, as_int(h)? / 4),
-            (Some(h), Some(l)) => (as_int(h)?, as_int(l)?),
-        };
-        if !(high >= low && low >= 0) {
-            return Err(PyValueError::new_err(format!(
-                "high ({high}) must be >= low ({low}) must be >= 0"
-            )));
-        }
-        {
-            let mut st = slf.get().st.borrow_mut(py);
-            st.high_water = high as usize;
-            st.low_water = low as usize;
-        }
-        Self::maybe_pause_protocol(slf)
+        Self::set_limits(slf, high, low)
     }
 
     fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
@@ -964,6 +916,10 @@ impl StreamTransport {
         {
             visit.call(obj)?;
         }
+        if let Some((low, high)) = &st.limits {
+            visit.call(low)?;
+            visit.call(high)?;
+        }
         if let Some(l) = &st.loop_ {
             visit.call(l)?;
         }
@@ -980,6 +936,7 @@ impl StreamTransport {
                     st.empty_waiter.take(),
                     st.loop_.take(),
                     st.context.take(),
+                    st.limits.take(),
                 )
             };
             drop(taken);
