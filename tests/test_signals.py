@@ -101,14 +101,27 @@ def test_close_removes_handlers(loop):
         loop.add_signal_handler(signal.SIGUSR1, lambda: None)
 
 
-def test_python_signal_handler_runs_before_the_loop_blocks(loop):
+def _libc_kill():
+    """libc's kill(), called once (signal 0) before the test's fd count: ctypes' first
+    foreign call may open a file for libffi's trampolines, which stays open."""
+    import ctypes
+
+    kill = ctypes.CDLL(None, use_errno=True).kill
+    kill(os.getpid(), 0)
+    return kill
+
+
+
+@pytest.fixture
+def libc_kill():
+    return _libc_kill()
+
+
+def test_python_signal_handler_runs_before_the_loop_blocks(libc_kill, loop):
     """A handler set with signal.signal() (as asyncio.Runner does for SIGINT) runs as soon
     as its signal arrives, not when the poll next wakes: the signal here arrives inside a
     callback, and the next wait would block for 30 s. (libc's kill() through ctypes: unlike
     os.kill, it does not run the Python handler itself on the way out.)"""
-    import ctypes
-
-    libc_kill = ctypes.CDLL(None, use_errno=True).kill
     events = []
 
     def handler(signum, frame):

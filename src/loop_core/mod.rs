@@ -199,7 +199,7 @@ impl LoopCore {
     ) -> PyResult<Py<TimerHandle>> {
         if when.is_none() {
             // asyncio 3.10 checks for a closed loop first (and then asserts).
-            if slf.py().version_info() < (3, 11) {
+            if pyapi::version(slf.py()) < (3, 11, 0) {
                 slf.get().check_closed(slf.py())?;
             }
             return Err(PyTypeError::new_err("when cannot be None"));

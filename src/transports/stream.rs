@@ -285,12 +285,31 @@ impl StreamTransport {
 
     /// Sends `chunks` now as far as the socket takes them, buffering the rest (asyncio's
     /// `write`, for one chunk or many: a single `sendmsg`, no joining copy).
+    /// A write once the connection is lost: counted and dropped, with asyncio's warning
+    /// from the fifth on. False if the connection is not lost.
+    fn dropped_after_loss(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        let py = slf.py();
+        let warn = {
+            let mut st = slf.get().st.borrow_mut(py);
+            if st.conn_lost == 0 {
+                return Ok(false);
+            }
+            st.conn_lost += 1;
+            st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES
+        };
+        if warn {
+            pyapi::asyncio_logger(py)?
+                .call_method1("warning", ("socket.send() raised exception.",))?;
+        }
+        Ok(true)
+    }
+
     fn send_or_buffer(slf: &Bound<'_, Self>, chunks: &[Data<'_>]) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
         {
-            let mut st = this.st.borrow_mut(py);
+            let st = this.st.borrow_mut(py);
             if st.eof {
                 return Err(PyRuntimeError::new_err(
                     "Cannot call write() after write_eof()",
@@ -304,16 +323,9 @@ impl StreamTransport {
             if total == 0 {
                 return Ok(());
             }
-            if st.conn_lost > 0 {
-                let warn = st.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                st.conn_lost += 1;
-                drop(st);
-                if warn {
-                    pyapi::asyncio_logger(py)?
-                        .call_method1("warning", ("socket.send() raised exception.",))?;
-                }
-                return Ok(());
-            }
+        }
+        if Self::dropped_after_loss(slf)? {
+            return Ok(());
         }
         let mut sent = 0;
         let was_empty = this.st.borrow(py).pending() == 0;
@@ -651,7 +663,7 @@ impl StreamTransport {
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
-        if py.version_info() >= (3, 12) {
+        if pyapi::version(py) >= (3, 12, 0) {
             // asyncio 3.12+ (writelines through sendmsg): the state is checked first,
             // then a false argument (an empty list, None) writes nothing.
             {
@@ -668,6 +680,11 @@ impl StreamTransport {
                 }
             }
             if !list_of_data.is_truthy()? {
+                return Ok(());
+            }
+            // 3.14 (with gh-155888): a lost connection drops the data before looking at
+            // it, so a wrong type raises nothing there.
+            if pyapi::version(py) >= (3, 14, 0) && Self::dropped_after_loss(slf)? {
                 return Ok(());
             }
         }
