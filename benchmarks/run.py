@@ -61,6 +61,9 @@ DIST = {"ferroloop": "ferroloop", "uvloop": "uvloop", "rloop": "rloop", "rsloop"
 # package with its extension module), run as loop "ferroloop[NAME]" with DIR first on
 # PYTHONPATH, e.g. to compare a candidate change with the installed build in one run.
 VARIANTS: dict[str, str] = {}
+# --detector: the installed ferroloop with its blocking detector on, as "ferroloop[detect]".
+DETECTOR = "ferroloop[detect]"
+DETECT_THRESHOLD = "0.1"
 
 
 def worker_env(kind: str) -> tuple[str, dict[str, str]]:
@@ -68,6 +71,9 @@ def worker_env(kind: str) -> tuple[str, dict[str, str]]:
     env = dict(os.environ)
     env.pop("PYTHONASYNCIODEBUG", None)  # debug mode would measure something else
     env["PYTHONHASHSEED"] = "0"
+    if kind == DETECTOR:
+        env["FERROLOOP_BENCH_DETECT"] = DETECT_THRESHOLD
+        return "ferroloop", env
     if kind in VARIANTS:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (VARIANTS[kind], env.get("PYTHONPATH", "")) if p
@@ -96,9 +102,12 @@ def loop_available(kind: str) -> str | None:
     return None
 
 
-def run_one(kind: str, bench: str, n: int, timeout: float, no_gc: bool) -> dict[str, Any]:
+def run_one(
+    kind: str, bench: str, n: int, timeout: float, no_gc: bool, clock: str
+) -> dict[str, Any]:
     name, env = worker_env(kind)
     env["FERROLOOP_BENCH_NO_GC"] = "1" if no_gc else "0"
+    env["FERROLOOP_BENCH_CLOCK"] = clock
     try:
         p = subprocess.run(
             [sys.executable, str(WORKER), name, bench, str(n)],
@@ -355,6 +364,20 @@ def main() -> None:
         action="store_true",
         help="diagnostic: cyclic GC disabled during the measured region (not the default)",
     )
+    ap.add_argument(
+        "--detector",
+        action="store_true",
+        help="also run the installed ferroloop with its blocking detector on (threshold "
+        f"{DETECT_THRESHOLD} s), shown as {DETECTOR}",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what a measurement times: wall-clock time (default) or the CPU time of the "
+        "worker process, all threads (steadier on a shared machine; it leaves out time "
+        "spent waiting, which matters for the threadsafe and executor rows)",
+    )
     ap.add_argument("--no-save", action="store_true", help="print only, write no result files")
     args = ap.parse_args()
 
@@ -376,6 +399,8 @@ def main() -> None:
         kind = f"ferroloop[{name}]"
         VARIANTS[kind] = str(Path(path).resolve())
         requested.insert(1, kind)
+    if args.detector:
+        requested.insert(1, DETECTOR)
     if "ferroloop" not in requested:
         ap.error("ferroloop must be among --loops: every ratio is relative to it")
     loops, missing = [], {}
@@ -393,7 +418,12 @@ def main() -> None:
     info = machine_info(loops)
     info["variants"] = dict(VARIANTS)
     info.update(
-        rounds=rounds, scale=scale, gc_disabled=args.no_gc, loops=loops, missing_loops=missing
+        rounds=rounds,
+        scale=scale,
+        gc_disabled=args.no_gc,
+        clock=args.clock,
+        loops=loops,
+        missing_loops=missing,
     )
     print(
         f"ferroloop benchmarks: {len(benches)} rows x {len(loops)} loops x {rounds} rounds "
@@ -412,7 +442,7 @@ def main() -> None:
         order = loops[r % len(loops) :] + loops[: r % len(loops)]
         for key, _label, n in benches:
             for kind in order:
-                out = run_one(kind, key, n, args.timeout, args.no_gc)
+                out = run_one(kind, key, n, args.timeout, args.no_gc, args.clock)
                 res = results[key]
                 if "error" in out:
                     res["errors"].setdefault(kind, []).append(out["error"])
@@ -450,6 +480,7 @@ def main() -> None:
         f"Python {platform.python_version()} | {info['cpu']} x{info['cpus']} | {versions}\n"
         f"ferroloop commit {info['ferroloop_commit']}{dirty}"
         f" | {rounds} rounds, scale {scale:g}{', GC OFF' if args.no_gc else ''}"
+        f"{', CPU time' if args.clock == 'cpu' else ''}"
         f" | load {info['loadavg_start']} -> {info['loadavg_end']}"
         f" | {info['wall_seconds']:.0f} s"
     )
