@@ -250,7 +250,7 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
             return
         if self._debug:
             logger.debug("Close %r", self)
-        _observe.stop_detectors(self)
+        _observe.loop_closed(self)
         self._close_core()
         self._close_signals()
         if _OWN_CHILD_WATCHING:

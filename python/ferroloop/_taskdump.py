@@ -2,9 +2,9 @@
 `python -m asyncio pstree PID` draws a process's tasks, on every version and from inside.
 
 Who awaits whom: 3.14+ records it (`asyncio.capture_call_graph`, public). Before 3.14 it is
-inferred from what asyncio leaves on the tasks, the same on 3.10–3.13: a task's done
-callbacks name the task awaiting it (its wake-up method) or its TaskGroup (whose
-`_parent_task` awaits it), and a task waiting on a `gather()` waits for its children.
+inferred from what asyncio leaves on a task, the same on 3.10–3.13: its done callbacks name
+the task awaiting it (its wake-up method) or its TaskGroup (whose `_parent_task` awaits
+it), or close over the future some task awaits instead (gather's, shield's, wait()'s).
 """
 
 from __future__ import annotations
@@ -63,48 +63,55 @@ def _callbacks(fut: Any) -> list[Any]:
     return [entry[0] for entry in getattr(fut, "_callbacks", None) or ()]
 
 
-def _gathered(fut: Any) -> list[Any]:
-    """The tasks under a gather() future, through nested gathers."""
+def _awaiters_of(fut: Any, depth: int = 0) -> list[Any]:
+    """The tasks waiting for `fut`, from its done callbacks (before 3.14): a task's wake-up
+    method, a TaskGroup's `_on_task_done` (its `_parent_task` waits), or a closure over
+    the future a task waits on instead (gather's outer future, shield's, wait()'s)."""
     out = []
-    for child in getattr(fut, "_children", None) or ():
-        if isinstance(child, asyncio.Task):
-            out.append(child)
-        else:
-            out.extend(_gathered(child))
+    for cb in _callbacks(fut):
+        owner = getattr(cb, "__self__", None)
+        if isinstance(owner, asyncio.Task):
+            out.append(owner)
+        elif _TaskGroup is not None and isinstance(owner, _TaskGroup):
+            parent = getattr(owner, "_parent_task", None)
+            if parent is not None:
+                out.append(parent)
+        elif depth < 16:
+            for cell in getattr(cb, "__closure__", None) or ():
+                try:
+                    value = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                if asyncio.isfuture(value) and value is not fut:
+                    out.extend(_awaiters_of(value, depth + 1))
     return out
 
 
-def _edges(tasks: list[asyncio.Task[Any]]) -> list[tuple[asyncio.Task[Any], asyncio.Task[Any]]]:
-    """(awaiter, awaited) pairs among `tasks`, without duplicates."""
-    known = {id(t) for t in tasks}
-    pairs: dict[tuple[int, int], tuple[asyncio.Task[Any], asyncio.Task[Any]]] = {}
-
-    def add(parent: Any, child: asyncio.Task[Any]) -> None:
-        if isinstance(parent, asyncio.Task) and id(parent) in known and parent is not child:
-            pairs.setdefault((id(parent), id(child)), (parent, child))
-
-    for task in tasks:
-        if _PY314:
-            graph = asyncio.capture_call_graph(task, limit=0)
-            for awaiter in graph.awaited_by if graph is not None else ():
-                add(awaiter.future, task)
-            continue
-        for cb in _callbacks(task):
-            owner = getattr(cb, "__self__", None)
-            if _TaskGroup is not None and isinstance(owner, _TaskGroup):
-                owner = getattr(owner, "_parent_task", None)
-            add(owner, task)
-        waiter = getattr(task, "_fut_waiter", None)
-        if waiter is not None and not isinstance(waiter, asyncio.Task):
-            for child in _gathered(waiter):
-                add(task, child)
-    return list(pairs.values())
-
-
 def awaiters(loop: Any, task: asyncio.Task[Any]) -> list[asyncio.Task[Any]]:
-    """The tasks of `loop` that await `task`."""
-    tasks = list(asyncio.all_tasks(loop))
-    return [parent for parent, child in _edges(tasks) if child is task]
+    """The tasks of `loop` that await `task` (directly, or through a TaskGroup, gather(),
+    shield() or wait())."""
+    found: dict[int, asyncio.Task[Any]] = {}
+    if _PY314:
+        graph = asyncio.capture_call_graph(task, limit=0)
+        parents = [g.future for g in graph.awaited_by] if graph is not None else []
+    else:
+        parents = _awaiters_of(task)
+    for parent in parents:
+        if isinstance(parent, asyncio.Task) and parent is not task:
+            if parent.get_loop() is loop:
+                found.setdefault(id(parent), parent)
+    return list(found.values())
+
+
+def _edges(tasks: list[asyncio.Task[Any]]) -> list[tuple[asyncio.Task[Any], asyncio.Task[Any]]]:
+    """(awaiter, awaited) pairs among `tasks`."""
+    known = {id(t) for t in tasks}
+    return [
+        (parent, task)
+        for task in tasks
+        for parent in awaiters(task.get_loop(), task)
+        if id(parent) in known
+    ]
 
 
 def _natural(text: str) -> list[Any]:
@@ -200,15 +207,25 @@ def _find_cycles(edges: list[tuple[Any, Any]]) -> list[list[Any]]:
 
 
 def dump_tasks(loop: Any = None, file: TextIO | None = None) -> None:
-    """Print every task of `loop` (default: the running loop) with its await chain, as
-    3.14's `python -m asyncio pstree` draws them, to `file` (default: sys.stderr)."""
-    caller = sys._getframe(1)
+    """Print every pending task of `loop` (default: the running loop) with its await
+    chain to `file` (default: sys.stderr).
+
+    One tree per task that no other task awaits, drawn as CPython 3.14's `python -m
+    asyncio pstree PID` draws a process's tasks (`(T) name` for a task, `qualname
+    file:line` for each coroutine frame), after a header line naming the loop. Works on
+    every supported version, on any asyncio loop, from inside a task (which then shows
+    its live stack) or from outside the loop's thread.
+    """
     if loop is None:
         loop = asyncio.get_running_loop()
+    _dump(loop, file, sys._getframe(1))
+
+
+def _dump(loop: Any, file: TextIO | None, frame: FrameType | None) -> None:
     if not isinstance(loop, asyncio.AbstractEventLoop):
         raise TypeError(f"dump_tasks() needs an event loop, not {type(loop).__name__}")
     out = sys.stderr if file is None else file
-    lines = format_tasks(loop, caller)
+    lines = format_tasks(loop, frame)
     count = len(asyncio.all_tasks(loop))
     header = f"{count} task{'s' if count != 1 else ''} on {loop!r}"
     print("\n".join([header, *lines]), file=out, flush=True)

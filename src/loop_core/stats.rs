@@ -7,7 +7,9 @@
 //! relaxed loads and stores (one writer at a time: the GIL holder), and callbacks are timed
 //! one in 32 while they are short; while they average 4 µs or more (start to start, idle
 //! time included) every callback is timed, which then costs under 1%. Blocking polls are
-//! always timed (a syscall and a GIL release dwarf two TSC reads).
+//! always timed (a syscall and a GIL release dwarf two TSC reads). With no blocking
+//! detector, a callback costs one load of `flags` more; with one, its start is stamped and
+//! its handle published (`watched_start`) for the watchdog (src/watchdog.rs).
 //!
 //! Transports: each native transport holds a `TransportIo` from its creation until its
 //! connection is lost (`TransportIo::opened(&loop.stats, kind)` … `closed()`, or drop), and
@@ -196,9 +198,10 @@ pub(crate) struct LoopStats {
     /// Callbacks started; also the sequence number the watchdog watches.
     callbacks: Counter,
     phase: AtomicU8,
-    /// The address of the handle whose callback is running, 0 between callbacks. A
-    /// thread holding the GIL that reads a non-zero value may use it: the run step keeps
-    /// that handle alive until it clears this, which it does holding the GIL.
+    /// While watched: the address of the handle whose callback is running, 0 between
+    /// callbacks. A thread holding the GIL that reads a non-zero value may use it: the run
+    /// step keeps that handle alive until it clears this, which it does holding the GIL
+    /// (and `unwatch` clears it, so that no stale address outlives a watch).
     running: AtomicUsize,
     /// `WATCHED` | `END_WANTED`: one load per callback when no detector runs.
     flags: AtomicU8,
@@ -244,7 +247,8 @@ impl LoopStats {
             io_events: Counter::default(),
             poll_ticks: Counter::default(),
             run_ticks: Counter::default(),
-            sample_mask: Counter(AtomicU64::new(SAMPLE_MASK)),
+            // Every callback is timed until the first two show how long they take.
+            sample_mask: Counter(AtomicU64::new(0)),
             timing: GilCell::new(Timing {
                 hist: Box::new([0; BUCKETS]),
                 timed: 0,
@@ -338,28 +342,29 @@ impl LoopStats {
     pub(crate) fn callback_start(&self, handle: &Bound<'_, Handle>) -> Option<u64> {
         let flags = self.flags.load(Relaxed);
         let stamp = if flags != 0 {
-            self.watched_start(flags)
+            self.watched_start(flags, handle)
         } else {
             0
         };
         let seq = self.callbacks.get().wrapping_add(1);
         self.callbacks.set(seq);
-        self.running.store(handle.as_ptr() as usize, Relaxed);
         if seq & self.sample_mask.get() != 0 {
             return None;
         }
         Some(if stamp != 0 { stamp } else { clock::ticks() })
     }
 
-    /// `callback_start` with a detector: stamps the start (returned) and any end wanted.
+    /// `callback_start` with a detector: stamps the start (returned) and any end wanted,
+    /// publishes the handle.
     #[cold]
-    fn watched_start(&self, flags: u8) -> u64 {
+    fn watched_start(&self, flags: u8, handle: &Bound<'_, Handle>) -> u64 {
         let now = clock::ticks();
         if flags & END_WANTED != 0 {
             self.mark_end(now);
         }
         if flags & WATCHED != 0 {
             self.start.store(now, Relaxed);
+            self.running.store(handle.as_ptr() as usize, Relaxed);
         }
         now
     }
@@ -367,6 +372,13 @@ impl LoopStats {
     /// The callback that `callback_start` announced has returned.
     #[inline]
     pub(crate) fn callback_end(&self) {
+        if self.flags.load(Relaxed) != 0 {
+            self.watched_end();
+        }
+    }
+
+    #[cold]
+    fn watched_end(&self) {
         self.running.store(0, Relaxed);
         self.check_end();
     }
@@ -385,7 +397,7 @@ impl LoopStats {
             t.timed += 1;
             let per_callback =
                 start.saturating_sub(t.last_start) / seq.saturating_sub(t.last_seq).max(1);
-            let full = t.last_seq != 0 && per_callback >= t.full_timing_ticks;
+            let full = t.last_seq == 0 || per_callback >= t.full_timing_ticks;
             self.sample_mask.set(if full { 0 } else { SAMPLE_MASK });
             t.last_start = start;
             t.last_seq = seq;
@@ -426,6 +438,8 @@ impl LoopStats {
     pub(crate) fn unwatch(&self) {
         if self.watchers.fetch_sub(1, Relaxed) == 1 {
             self.flags.fetch_and(!WATCHED, Relaxed);
+            // Unwatched callbacks leave `running` alone: it must not keep this one's.
+            self.running.store(0, Relaxed);
         }
     }
 
