@@ -3,12 +3,12 @@
 //! callbacks) has run past the threshold, captures the loop thread's Python stack while it
 //! still blocks, waits for the episode to end and reports it with its final duration.
 //!
-//! The loop thread's part (`stats.rs`): the sequence number is the callback counter, and
-//! while a detector watches it stamps each callback's start (one TSC read, ~20 ns); it
-//! stamps the end of an episode only when a watchdog asks. The watchdog wakes every
-//! `interval` (a tenth of the threshold): reports come that much after the threshold at
-//! most, with exact durations. The loop's own work between callbacks (a finalizer, the
-//! collector) has no start stamp: it is timed from the watchdog's first sighting.
+//! The loop thread's part is in `stats.rs`: the sequence number is the callback counter,
+//! the start of what runs is the loop's last time stamp (taken anyway, for the callback
+//! durations), and while a detector watches the running handle is published; the end of
+//! an episode is stamped only when a watchdog asks. The watchdog wakes every `interval` (a
+//! tenth of the threshold): reports come at most that long after the threshold is passed,
+//! with exact durations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -52,8 +52,6 @@ struct Watch {
     ctl: Arc<Control>,
     /// Seconds.
     threshold: f64,
-    /// The callback sequence number when watching began.
-    first_seq: u64,
     interval: Duration,
     /// `capture(blocking, handle, thread_ident, seconds_so_far)`: a snapshot, with the GIL.
     capture: Py<PyAny>,
@@ -65,29 +63,17 @@ impl Watch {
     fn run(self) {
         let hz = clock::ticks_per_second();
         let threshold = (self.threshold * hz) as u64;
-        // The first sighting of the current (callback, in-callback) state, for the loop's
-        // own work between callbacks, which has no start stamp.
-        let mut seen: Option<(u64, bool, u64)> = None;
         while !self.ctl.sleep(self.interval) {
             let v = self.stats.view();
             if v.phase != BUSY {
-                seen = None;
                 continue;
             }
+            // The loop's last stamp is when the running callback (or the loop's own work
+            // since the last one) started.
             let now = clock::ticks();
-            let first = match seen {
-                Some((seq, inside, t)) if seq == v.seq && inside == v.in_callback => t,
-                _ => {
-                    seen = Some((v.seq, v.in_callback, now));
-                    now
-                }
-            };
-            // The callback that ran when watching began has no start stamp either.
-            let stamped = v.in_callback && v.seq != self.first_seq;
-            let since = if stamped { v.start.min(now) } else { first };
-            if now.saturating_sub(since) >= threshold {
+            let since = v.start.min(now);
+            if now - since >= threshold {
                 self.episode(v, since, hz);
-                seen = None;
             }
         }
     }
@@ -192,7 +178,6 @@ impl Watchdog {
             stats: Arc::clone(&stats),
             ctl: Arc::clone(&ctl),
             threshold,
-            first_seq: stats.view().seq,
             interval: Duration::from_secs_f64(interval),
             capture,
             report,
@@ -214,21 +199,20 @@ impl Watchdog {
     /// Stops the thread and waits for it (an episode in progress is reported first). From
     /// the watchdog thread itself (a report callback), only asks it to stop.
     fn stop(&self, py: Python<'_>) {
-        self.unwatch();
         self.ctl.request_stop();
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(thread) = thread else { return };
-        if self.pid != std::process::id() {
-            // After fork() the thread does not exist here, and its handle must not be
-            // joined or detached.
-            std::mem::forget(thread);
-            return;
+        if let Some(thread) = thread {
+            if self.pid != std::process::id() {
+                // After fork() the thread does not exist here, and its handle must not be
+                // joined or detached.
+                std::mem::forget(thread);
+            } else if thread.thread().id() != std::thread::current().id() {
+                // Without the GIL: the thread may be waiting for it to finish a report.
+                let _ = py.detach(|| thread.join());
+            }
         }
-        if thread.thread().id() == std::thread::current().id() {
-            return;
-        }
-        // Without the GIL: the thread may be waiting for it to finish a report.
-        let _ = py.detach(|| thread.join());
+        // After the join: an episode in progress is still watched while it is reported.
+        self.unwatch();
     }
 
     /// Whether the watchdog thread is running.

@@ -118,15 +118,16 @@ class LoopCore:
         - `poll_seconds`: time blocked in the poller (waiting, without the GIL);
           `busy_seconds`: the rest of the time in run_forever() (callbacks and the
           loop's own work);
-        - `callback_durations`: `timed`, `max`, `p50`, `p99` (seconds) and `histogram`
-          (`(from, to, count)` per non-empty bucket, 8 buckets per power of two). Timing
-          reads the CPU's time-stamp counter (CLOCK_MONOTONIC without an invariant
-          TSC). Callbacks are timed one in 32 while they average under 4 µs start to
-          start, every one otherwise: that keeps the cost under 2% of a flood of
-          trivial callbacks, and means a single slow callback among very short ones
-          can go untimed (the blocking detector sees every one);
-        - `slowest_callback`: `{"repr", "seconds"}` of the slowest timed callback, named
-          as asyncio's slow-callback warning names it, or None.
+        - `callback_durations`: `count`, `max`, `p50`, `p99` (seconds) and `histogram`
+          (`(from, to, count)` per non-empty bucket, 8 buckets per power of two, so a
+          quantile is the upper bound of a bucket 12.5% wide). Every callback is timed
+          with one read of the CPU's time-stamp counter (CLOCK_MONOTONIC where the TSC
+          is not invariant), from the previous stamp to its return: a duration includes
+          the loop's dispatch of the callback (tens of ns), and for the first callback of
+          an iteration that made no poll syscall, the iteration's own bookkeeping;
+        - `slowest_callback`: `{"repr", "seconds"}` of the slowest callback, named as
+          asyncio's slow-callback warning names it (the task, for a task step; described
+          when it returned), or None.
         """
     def get_task_factory(self) -> Callable[..., Any] | None: ...
     _debug: bool

@@ -79,7 +79,7 @@ class BlockingReport:
         elif self.handle is not None:
             what = "a callback"
         else:
-            what = "the loop's own work between callbacks"
+            what = "a callback or the loop's own work between callbacks"
         lines = [
             f"Event loop blocked for {self.duration:.3f} seconds{still} "
             f"(threshold {self.threshold:g}) by {what}"

@@ -68,16 +68,13 @@ impl LoopCore {
                 if is_timer {
                     stats.timer_fired();
                 }
-                let timed = stats.callback_start(&handle);
+                stats.callback_start(&handle);
                 let result = if this.debug(py) {
                     Self::run_debug(slf, &handle)
                 } else {
                     Handle::run(&handle)
                 };
-                stats.callback_end();
-                if let Some(start) = timed {
-                    stats.timed(&handle, start);
-                }
+                stats.callback_end(&handle);
                 result?;
             }
             Self::recycle(this, handle);
@@ -166,7 +163,9 @@ impl LoopCore {
             this.stats.poll_end(started);
             r
         } else {
-            poller.wait(&mut events, timeout)
+            let r = poller.wait(&mut events, timeout);
+            this.stats.polled();
+            r
         };
         let result = match waited {
             Ok(Waited::Events(n)) => {

@@ -2,14 +2,16 @@
 //! callback timing, the phase and callback sequence number the blocking detector watches,
 //! and the per-kind I/O counters transports update.
 //!
-//! Cost is the constraint: a callback costs ~120 ns in a flood, and reading the TSC ~20 ns
-//! (clock_gettime ~50 ns), so not every callback can be timed within 2%. Counters are plain
-//! relaxed loads and stores (one writer at a time: the GIL holder), and callbacks are timed
-//! one in 32 while they are short; while they average 4 µs or more (start to start, idle
-//! time included) every callback is timed, which then costs under 1%. Blocking polls are
-//! always timed (a syscall and a GIL release dwarf two TSC reads). With no blocking
-//! detector, a callback costs one load of `flags` more; with one, its start is stamped and
-//! its handle published (`watched_start`) for the watchdog (src/watchdog.rs).
+//! Cost is the constraint: a callback costs ~120 ns in a flood. Counters are relaxed loads
+//! and stores (one writer at a time: the GIL holder), not locked read-modify-writes.
+//! Every callback is timed with one read of the CPU's time-stamp counter, at its end: its
+//! duration runs from the previous stamp (the end of the callback before it, the end of
+//! the last poll syscall, or the start of the run), so it includes the loop's dispatch of
+//! it (a few dozen ns) and, for the first callback of an iteration without a poll syscall,
+//! the iteration's own bookkeeping. The durations go to a fixed log-linear histogram.
+//! The blocking detector (src/watchdog.rs) reads the same stamp as the running callback's
+//! start; with none watching, a callback costs one load of `flags` more, with one its
+//! handle is published for the watchdog (`watched_start`).
 //!
 //! Transports: each native transport holds a `TransportIo` from its creation until its
 //! connection is lost (`TransportIo::opened(&loop.stats, kind)` … `closed()`, or drop), and
@@ -41,11 +43,6 @@ pub(crate) const POLLING: u8 = 2;
 /// wants the end of the current episode stamped.
 const WATCHED: u8 = 1;
 const END_WANTED: u8 = 2;
-
-/// Callbacks timed one in `SAMPLE_MASK + 1` while they are short.
-const SAMPLE_MASK: u64 = 31;
-/// Start-to-start time per callback from which every callback is timed.
-const FULL_TIMING_NS: f64 = 4000.0;
 
 /// A counter written by one thread at a time (the GIL holder) and read by any: a relaxed
 /// load and store, ~1 ns, where a locked read-modify-write costs ~8.
@@ -171,19 +168,6 @@ fn bucket_range(i: usize) -> (f64, f64) {
     ((per as f64 + mant) * step, (per as f64 + mant + 1.0) * step)
 }
 
-/// Timing of the sampled callbacks, touched by the loop thread only.
-struct Timing {
-    hist: Box<[u64; BUCKETS]>,
-    timed: u64,
-    max: u64,
-    slowest: Option<String>,
-    /// Start and sequence number of the last timed callback: the start-to-start time per
-    /// callback since then decides whether to time every one.
-    last_start: u64,
-    last_seq: u64,
-    full_timing_ticks: u64,
-}
-
 /// What the watchdog reads, without the GIL.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct View {
@@ -206,8 +190,9 @@ pub(crate) struct LoopStats {
     /// `WATCHED` | `END_WANTED`: one load per callback when no detector runs.
     flags: AtomicU8,
     watchers: AtomicU32,
-    /// While watched: when the running callback started (ticks), written before `callbacks`.
-    start: AtomicU64,
+    /// The last stamp (ticks): the end of the last callback or poll syscall, or the start
+    /// of the run. The running callback's start, for the watchdog.
+    last: Counter,
     /// The end of the episode a watchdog asked for (ticks), 0 until stamped.
     end: AtomicU64,
     /// `threading.get_ident()` of the thread running the loop, 0 when it is not running.
@@ -220,8 +205,11 @@ pub(crate) struct LoopStats {
     io_events: Counter,
     poll_ticks: Counter,
     run_ticks: Counter,
-    sample_mask: Counter,
-    timing: GilCell<Timing>,
+    /// Callback durations in ticks, by `bucket`.
+    hist: Box<[Counter; BUCKETS]>,
+    max: Counter,
+    /// How asyncio's slow-callback warning would name the slowest callback.
+    slowest: GilCell<Option<String>>,
     io: [IoCounters; 5],
     servers: AtomicU64,
 }
@@ -236,7 +224,7 @@ impl LoopStats {
             running: AtomicUsize::new(0),
             flags: AtomicU8::new(0),
             watchers: AtomicU32::new(0),
-            start: AtomicU64::new(0),
+            last: Counter::default(),
             end: AtomicU64::new(0),
             thread_ident: AtomicU64::new(0),
             iterations: Counter::default(),
@@ -247,17 +235,9 @@ impl LoopStats {
             io_events: Counter::default(),
             poll_ticks: Counter::default(),
             run_ticks: Counter::default(),
-            // Every callback is timed until the first two show how long they take.
-            sample_mask: Counter(AtomicU64::new(0)),
-            timing: GilCell::new(Timing {
-                hist: Box::new([0; BUCKETS]),
-                timed: 0,
-                max: 0,
-                slowest: None,
-                last_start: 0,
-                last_seq: 0,
-                full_timing_ticks: (FULL_TIMING_NS * clock::ticks_per_ns_rough()) as u64,
-            }),
+            hist: Box::new(std::array::from_fn(|_| Counter::default())),
+            max: Counter::default(),
+            slowest: GilCell::new(None),
             io: Default::default(),
             servers: AtomicU64::new(0),
         }
@@ -313,7 +293,9 @@ impl LoopStats {
     /// `run_forever` (or one `_run_once`) begins; returns its start for `run_end`.
     pub(crate) fn run_start(&self) -> u64 {
         self.phase.store(BUSY, Relaxed);
-        clock::ticks()
+        let now = clock::ticks();
+        self.last.set(now);
+        now
     }
 
     pub(crate) fn run_end(&self, start: u64) {
@@ -333,86 +315,69 @@ impl LoopStats {
     #[inline]
     pub(crate) fn poll_end(&self, start: u64) {
         self.phase.store(BUSY, Relaxed);
-        self.poll_ticks.add(clock::ticks().saturating_sub(start));
-    }
-
-    /// The callback of `handle` is about to run: counts it, publishes it for the
-    /// watchdog, and returns its start in ticks if it is one to time.
-    #[inline]
-    pub(crate) fn callback_start(&self, handle: &Bound<'_, Handle>) -> Option<u64> {
-        let flags = self.flags.load(Relaxed);
-        let stamp = if flags != 0 {
-            self.watched_start(flags, handle)
-        } else {
-            0
-        };
-        let seq = self.callbacks.get().wrapping_add(1);
-        self.callbacks.set(seq);
-        if seq & self.sample_mask.get() != 0 {
-            return None;
-        }
-        Some(if stamp != 0 { stamp } else { clock::ticks() })
-    }
-
-    /// `callback_start` with a detector: stamps the start (returned) and any end wanted,
-    /// publishes the handle.
-    #[cold]
-    fn watched_start(&self, flags: u8, handle: &Bound<'_, Handle>) -> u64 {
         let now = clock::ticks();
+        self.last.set(now);
+        self.poll_ticks.add(now.saturating_sub(start));
+    }
+
+    /// A poll syscall that could not block returned: the next callback's time starts now.
+    #[inline]
+    pub(crate) fn polled(&self) {
+        self.last.set(clock::ticks());
+    }
+
+    /// The callback of `handle` is about to run: counts it, and publishes it for a
+    /// watchdog if one watches.
+    #[inline]
+    pub(crate) fn callback_start(&self, handle: &Bound<'_, Handle>) {
+        let flags = self.flags.load(Relaxed);
+        if flags != 0 {
+            self.watched_start(flags, handle);
+        }
+        self.callbacks.add(1);
+    }
+
+    #[cold]
+    fn watched_start(&self, flags: u8, handle: &Bound<'_, Handle>) {
         if flags & END_WANTED != 0 {
-            self.mark_end(now);
+            self.mark_end(clock::ticks());
         }
         if flags & WATCHED != 0 {
-            self.start.store(now, Relaxed);
             self.running.store(handle.as_ptr() as usize, Relaxed);
         }
-        now
     }
 
-    /// The callback that `callback_start` announced has returned.
+    /// The callback of `handle` has returned: records its duration. Call before the
+    /// handle is recycled (a new slowest callback is described from it).
     #[inline]
-    pub(crate) fn callback_end(&self) {
+    pub(crate) fn callback_end(&self, handle: &Bound<'_, Handle>) {
+        let now = clock::ticks();
+        let d = now.saturating_sub(self.last.get());
+        self.last.set(now);
+        self.hist[bucket(d)].add(1);
         if self.flags.load(Relaxed) != 0 {
-            self.watched_end();
+            self.watched_end(now);
+        }
+        if d > self.max.get() {
+            self.slowest(handle, d);
         }
     }
 
     #[cold]
-    fn watched_end(&self) {
+    fn watched_end(&self, now: u64) {
         self.running.store(0, Relaxed);
-        self.check_end();
+        if self.flags.load(Relaxed) & END_WANTED != 0 {
+            self.mark_end(now);
+        }
     }
 
-    /// Records the duration of a timed callback (started at `start`), and its repr if it
-    /// is the slowest so far. Call after `callback_end`, before the handle is recycled.
+    /// A new slowest callback: named now, while the handle still holds its callback
+    /// (Python code runs here; no borrow is held across it).
     #[cold]
-    pub(crate) fn timed(&self, handle: &Bound<'_, Handle>, start: u64) {
-        let py = handle.py();
-        let end = clock::ticks();
-        let d = end.saturating_sub(start);
-        let seq = self.callbacks.get();
-        let slowest = {
-            let t = &mut *self.timing.borrow_mut(py);
-            t.hist[bucket(d)] += 1;
-            t.timed += 1;
-            let per_callback =
-                start.saturating_sub(t.last_start) / seq.saturating_sub(t.last_seq).max(1);
-            let full = t.last_seq == 0 || per_callback >= t.full_timing_ticks;
-            self.sample_mask.set(if full { 0 } else { SAMPLE_MASK });
-            t.last_start = start;
-            t.last_seq = seq;
-            let slowest = d > t.max;
-            if slowest {
-                t.max = d;
-            }
-            slowest
-        };
-        if slowest {
-            // Formatted now, while the handle still holds its callback; Python code runs
-            // here, so no borrow is held.
-            let text = describe(handle.as_any());
-            self.timing.borrow_mut(py).slowest = Some(text);
-        }
+    fn slowest(&self, handle: &Bound<'_, Handle>, d: u64) {
+        self.max.set(d);
+        let text = describe(handle.as_any());
+        *self.slowest.borrow_mut(handle.py()) = Some(text);
     }
 
     #[inline]
@@ -451,7 +416,7 @@ impl LoopStats {
             phase: self.phase.load(Relaxed),
             seq: self.callbacks.get(),
             in_callback: self.running.load(Relaxed) != 0,
-            start: self.start.load(Relaxed),
+            start: self.last.get(),
         }
     }
 
@@ -516,28 +481,27 @@ impl LoopStats {
         let poll = self.poll_ticks.get().min(run);
         d.set_item("poll_seconds", secs(poll))?;
         d.set_item("busy_seconds", secs(run - poll))?;
-        let t = self.timing.borrow(py);
-        let durations = PyDict::new(py);
-        durations.set_item("timed", t.timed)?;
+        let counts: Vec<u64> = self.hist.iter().map(Counter::get).collect();
+        let count: u64 = counts.iter().sum();
+        let max = self.max.get();
         let quantile = |q: f64| -> f64 {
-            if t.timed == 0 {
-                return 0.0;
-            }
-            let rank = ((q * t.timed as f64).ceil() as u64).max(1);
+            let rank = ((q * count as f64).ceil() as u64).max(1);
             let mut seen = 0;
-            for (i, n) in t.hist.iter().enumerate() {
+            for (i, n) in counts.iter().enumerate() {
                 seen += n;
                 if seen >= rank {
-                    return bucket_range(i).1.min(t.max as f64 + 1.0) / hz;
+                    return bucket_range(i).1.min(max as f64) / hz;
                 }
             }
-            secs(t.max)
+            secs(max)
         };
-        durations.set_item("max", secs(t.max))?;
-        durations.set_item("p50", quantile(0.5))?;
-        durations.set_item("p99", quantile(0.99))?;
+        let durations = PyDict::new(py);
+        durations.set_item("count", count)?;
+        durations.set_item("max", secs(max))?;
+        durations.set_item("p50", if count > 0 { quantile(0.5) } else { 0.0 })?;
+        durations.set_item("p99", if count > 0 { quantile(0.99) } else { 0.0 })?;
         let hist = PyList::empty(py);
-        for (i, &n) in t.hist.iter().enumerate() {
+        for (i, &n) in counts.iter().enumerate() {
             if n != 0 {
                 let (lo, hi) = bucket_range(i);
                 hist.append((lo / hz, hi / hz, n))?;
@@ -545,11 +509,11 @@ impl LoopStats {
         }
         durations.set_item("histogram", hist)?;
         d.set_item("callback_durations", durations)?;
-        match &t.slowest {
+        match &*self.slowest.borrow(py) {
             Some(text) => {
                 let s = PyDict::new(py);
                 s.set_item("repr", text)?;
-                s.set_item("seconds", secs(t.max))?;
+                s.set_item("seconds", secs(max))?;
                 d.set_item("slowest_callback", s)?;
             }
             None => d.set_item("slowest_callback", py.None())?,
