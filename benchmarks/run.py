@@ -330,6 +330,47 @@ def notes(results: dict[str, Any], loops: list[str]) -> list[str]:
     return lines
 
 
+# -- the chart ---------------------------------------------------------------------------
+
+
+def write_chart(
+    benches: list[tuple[str, str, int]],
+    loops: list[str],
+    results: dict[str, Any],
+    path: Path,
+    title: str,
+) -> str | None:
+    """A PNG of the median ratios (peer time / ferroloop time), one bar per peer and row;
+    None if matplotlib is missing (it is in requirements/bench.txt), else the reason."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart"
+    peers = [k for k in loops if k != "ferroloop"]
+    labels = [label for _key, label, _n in benches]
+    height = 0.8 / max(len(peers), 1)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) * max(1, len(peers) / 2) + 1.5))
+    for j, peer in enumerate(peers):
+        ratios = [results[key]["ratios"]["median"].get(peer) for key, _l, _n in benches]
+        ys = [i + (j - (len(peers) - 1) / 2) * height for i in range(len(labels))]
+        ax.barh(ys, [r or 0 for r in ratios], height=height, label=peer)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("peer time / ferroloop time (median; > 1: ferroloop faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -525,7 +566,13 @@ def main() -> None:
             md += ["", f"## {titles[stat]}", "", render_markdown(header, rows)]
         md += ["", legend, "", *(f"- {line}" for line in extra)]
         (out_dir / f"bench-{stamp}.md").write_text("\n".join(md) + "\n")
-        print(f"results: {out_dir / f'bench-{stamp}.json'} and .md", file=sys.stderr)
+        chart = out_dir / f"bench-{stamp}.png"
+        why = write_chart(benches, loops, results, chart, head)
+        print(
+            f"results: {out_dir / f'bench-{stamp}.json'}, .md"
+            + (f" ({why})" if why else " and .png (the ratios as a chart)"),
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

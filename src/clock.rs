@@ -118,3 +118,16 @@ pub fn ticks_per_second() -> f64 {
         dt / dns * 1e9
     })
 }
+
+/// A rough ticks-per-nanosecond figure that never waits: for heuristics, not for reports.
+pub fn ticks_per_ns_rough() -> f64 {
+    let src = source();
+    if !src.tsc {
+        return 1.0;
+    }
+    let dns = monotonic_ns().saturating_sub(src.origin.1);
+    if dns < 1_000_000 {
+        return 3.0;
+    }
+    read_tsc().saturating_sub(src.origin.0) as f64 / dns as f64
+}

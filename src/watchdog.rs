@@ -3,12 +3,13 @@
 //! callbacks) has run past the threshold, captures the loop thread's Python stack while it
 //! still blocks, waits for the episode to end and reports it with its final duration.
 //!
-//! The loop thread's part is in `stats.rs`: the sequence number is the callback counter,
-//! the start of what runs is the loop's last time stamp (taken anyway, for the callback
-//! durations), and while a detector watches the running handle is published; the end of
-//! an episode is stamped only when a watchdog asks. The watchdog wakes every `interval` (a
-//! tenth of the threshold): reports come at most that long after the threshold is passed,
-//! with exact durations.
+//! The loop thread's part is in `loop_core/stats`: the sequence number is the callback
+//! counter, and while a detector watches, each callback's start is stamped (one TSC read)
+//! and its handle published; the end of an episode is stamped only when a watchdog asks.
+//! The watchdog wakes every `interval` (a tenth of the threshold): reports come at most
+//! that long after the threshold is passed, with exact durations, except for what has no
+//! start stamp (the loop's own work between callbacks, the callback running when the watch
+//! began), timed from the watchdog's first sighting.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -63,17 +64,32 @@ impl Watch {
     fn run(self) {
         let hz = clock::ticks_per_second();
         let threshold = (self.threshold * hz) as u64;
+        // The first sighting of the current (callback, watched) state: the start of what
+        // has no stamp (the loop's own work between callbacks, a callback that began
+        // before the watch), to within one interval.
+        let mut seen: Option<(u64, bool, u64)> = None;
         while !self.ctl.sleep(self.interval) {
             let v = self.stats.view();
             if v.phase != BUSY {
+                seen = None;
                 continue;
             }
-            // The loop's last stamp is when the running callback (or the loop's own work
-            // since the last one) started.
             let now = clock::ticks();
-            let since = v.start.min(now);
+            let first = match seen {
+                Some((seq, inside, t)) if seq == v.seq && inside == v.in_callback => t,
+                _ => {
+                    seen = Some((v.seq, v.in_callback, now));
+                    now
+                }
+            };
+            let since = if v.in_callback {
+                v.start.min(now)
+            } else {
+                first
+            };
             if now - since >= threshold {
                 self.episode(v, since, hz);
+                seen = None;
             }
         }
     }

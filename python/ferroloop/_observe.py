@@ -12,7 +12,6 @@ import asyncio
 import atexit
 import inspect
 import math
-import numbers
 import sys
 import traceback
 import weakref
@@ -21,7 +20,7 @@ from collections.abc import Callable
 from types import FrameType, TracebackType
 from typing import Any
 
-from . import _core, _taskdump
+from . import _core
 
 _COROUTINE_FLAGS = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 
@@ -235,7 +234,9 @@ class BlockingDetector:
             snap.task = task
             snap.task_name = task.get_name()
             snap.created = _created(task)
-            snap.awaited_by = [t.get_name() for t in _taskdump.awaiters(loop, task)]
+            from ._taskdump import awaiters
+
+            snap.awaited_by = [t.get_name() for t in awaiters(loop, task)]
         return snap
 
     def _report(self, snapshot: _Snapshot | None, duration: float, ongoing: bool) -> None:
@@ -294,7 +295,8 @@ def detect_blocking(
         loop = asyncio.get_running_loop()
     if not isinstance(loop, _core.LoopCore):
         raise TypeError(f"detect_blocking() needs a ferroloop loop, not {type(loop).__name__}")
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+    # Any real number (int, float, Decimal, Fraction…), as asyncio's delays; not a bool.
+    if isinstance(threshold, (bool, complex)) or not hasattr(type(threshold), "__float__"):
         raise TypeError(f"threshold must be a number of seconds, not {type(threshold).__name__}")
     threshold = float(threshold)
     if not (threshold > 0 and math.isfinite(threshold)):

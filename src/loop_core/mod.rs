@@ -548,7 +548,7 @@ impl LoopCore {
             }
         };
         slf.get().st.borrow_mut(py).stopping = false;
-        slf.get().stats.run_end(started);
+        slf.get().stats.run_end(py, started);
         result
     }
 
@@ -556,7 +556,7 @@ impl LoopCore {
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         let started = slf.get().stats.run_start();
         let result = Self::run_once(slf);
-        slf.get().stats.run_end(started);
+        slf.get().stats.run_end(slf.py(), started);
         result
     }
 

@@ -68,13 +68,16 @@ impl LoopCore {
                 if is_timer {
                     stats.timer_fired();
                 }
-                stats.callback_start(&handle);
+                let timed = stats.callback_start(&handle);
                 let result = if this.debug(py) {
                     Self::run_debug(slf, &handle)
                 } else {
                     Handle::run(&handle)
                 };
-                stats.callback_end(&handle);
+                stats.callback_end();
+                if let Some(start) = timed {
+                    stats.timed(&handle, start);
+                }
                 result?;
             }
             Self::recycle(this, handle);
@@ -163,9 +166,7 @@ impl LoopCore {
             this.stats.poll_end(started);
             r
         } else {
-            let r = poller.wait(&mut events, timeout);
-            this.stats.polled();
-            r
+            poller.wait(&mut events, timeout)
         };
         let result = match waited {
             Ok(Waited::Events(n)) => {
