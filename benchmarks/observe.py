@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,12 @@ async def client(port: int, phase_seconds: float) -> None:
         end = time.monotonic() + phase_seconds
         counter = [0]
 
-        async def one(end: float = end, think: float = think, every: int = block_every) -> None:
+        async def one(
+            end: float = end,
+            think: float = think,
+            every: int = block_every,
+            counter: list[int] = counter,
+        ) -> None:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             while time.monotonic() < end:
                 counter[0] += 1
@@ -126,7 +130,7 @@ def plot(data: dict[str, Any], phase_seconds: float, out: Path) -> None:
     ax1.set_ylim(0, 1.15)
     ax1.set_ylabel("share of each 100 ms")
     ax1.set_xlabel("seconds")
-    for t, d in data["reports"]:
+    for t, _duration in data["reports"]:
         ax1.axvline(t, color="red", linewidth=0.6, alpha=0.6)
     if data["reports"]:
         ax1.plot(
