@@ -95,12 +95,12 @@ async def serve(phase_seconds: float) -> dict[str, Any]:
 
 def _phase_histograms(
     samples: list[tuple[float, Any]], bounds: list[float]
-) -> list[dict[float, int]]:
+) -> list[dict[tuple[float, float], int]]:
     """Callback-duration histogram per phase, from the samples nearest the boundaries."""
 
-    def at(t: float) -> dict[float, int]:
+    def at(t: float) -> dict[tuple[float, float], int]:
         st = min(samples, key=lambda s: abs(s[0] - t))[1]
-        return {lo: n for lo, _hi, n in st["callback_durations"]["histogram"]}
+        return {(lo, hi): n for lo, hi, n in st["callback_durations"]["histogram"]}
 
     out = []
     for a, b in zip(bounds, bounds[1:]):
@@ -131,7 +131,7 @@ def plot(data: dict[str, Any], phase_seconds: float, out: Path) -> None:
     ax1.set_ylabel("share of each 100 ms")
     ax1.set_xlabel("seconds")
     for t, _duration in data["reports"]:
-        ax1.axvline(t, color="red", linewidth=0.6, alpha=0.6)
+        ax1.axvline(t, color="red", linewidth=0.5, alpha=0.35)
     if data["reports"]:
         ax1.plot(
             [], [], color="red", linewidth=0.6, label=f"blocking reports ({len(data['reports'])})"
@@ -150,15 +150,20 @@ def plot(data: dict[str, Any], phase_seconds: float, out: Path) -> None:
     )
     for (label, *_rest), hist in zip(PHASES, _phase_histograms(samples, bounds)):
         if hist:
-            los = sorted(hist)
+            # One step per bucket (12.5% wide); empty buckets break the line.
             total = sum(hist.values())
-            ax2.step(
-                [lo * 1e6 for lo in los],
-                [hist[lo] / total for lo in los],
-                where="post",
-                label=label,
-            )
+            edges, values = [], []
+            for lo, hi in sorted(hist):
+                if edges and edges[-1] < lo * 1e6:
+                    values.append(float("nan"))
+                    edges.append(lo * 1e6)
+                elif not edges:
+                    edges.append(lo * 1e6)
+                values.append(hist[(lo, hi)] / total)
+                edges.append(hi * 1e6)
+            ax2.stairs(values, edges, label=label, linewidth=1.2)
     ax2.set_xscale("log")
+    ax2.set_yscale("log")
     ax2.set_xlabel("callback duration (µs, log scale)")
     ax2.set_ylabel("share of callbacks")
     ax2.set_title(

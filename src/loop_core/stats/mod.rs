@@ -95,6 +95,9 @@ pub(crate) struct LoopStats {
     io_events: Counter,
     poll_ticks: Counter,
     run_ticks: Counter,
+    /// When the current run (poll) began, 0 outside one: stats() counts them so far.
+    run_since: Counter,
+    poll_since: AtomicU64,
     /// Runs started (run_forever calls and direct `_run_once` calls).
     runs: Counter,
     /// Callbacks whose sequence number has these bits clear are timed.
@@ -125,6 +128,8 @@ impl LoopStats {
             io_events: Counter::default(),
             poll_ticks: Counter::default(),
             run_ticks: Counter::default(),
+            run_since: Counter::default(),
+            poll_since: AtomicU64::new(0),
             runs: Counter::default(),
             sample_mask: Counter::default(),
             timing: GilCell::new(Timing::new()),
@@ -186,7 +191,9 @@ impl LoopStats {
         self.runs.add(1);
         // The first callbacks of a run are timed until two show how long they take.
         self.sample_mask.set(0);
-        clock::ticks()
+        let now = clock::ticks();
+        self.run_since.set(now);
+        now
     }
 
     pub(crate) fn run_end(&self, py: Python<'_>, start: u64) {
@@ -194,6 +201,7 @@ impl LoopStats {
         self.phase.store(IDLE, Relaxed);
         let now = clock::ticks();
         self.run_ticks.add(now.saturating_sub(start));
+        self.run_since.set(0);
         // The untimed callbacks since the last timed one have no timed one after them
         // to reveal a slow one among them: the end of the run does.
         let (seq, poll, run) = (self.callbacks.get(), self.poll_ticks.get(), self.runs.get());
@@ -205,12 +213,16 @@ impl LoopStats {
     pub(crate) fn poll_start(&self) -> u64 {
         self.check_end();
         self.phase.store(POLLING, Relaxed);
-        clock::ticks()
+        let now = clock::ticks();
+        // Stored for another thread's stats() only: the loop's own cannot run mid-poll.
+        self.poll_since.store(now, Relaxed);
+        now
     }
 
     #[inline]
     pub(crate) fn poll_end(&self, start: u64) {
         self.phase.store(BUSY, Relaxed);
+        self.poll_since.store(0, Relaxed);
         self.poll_ticks.add(clock::ticks().saturating_sub(start));
     }
 
@@ -366,8 +378,17 @@ impl LoopStats {
         }
         d.set_item("transports", transports)?;
         d.set_item("servers", self.servers.load(Relaxed))?;
-        let run = self.run_ticks.get();
-        let poll = self.poll_ticks.get().min(run);
+        // A run (and a poll, seen from another thread) in progress counts so far.
+        let now = clock::ticks();
+        let so_far = |since: u64| {
+            if since == 0 {
+                0
+            } else {
+                now.saturating_sub(since)
+            }
+        };
+        let run = self.run_ticks.get() + so_far(self.run_since.get());
+        let poll = (self.poll_ticks.get() + so_far(self.poll_since.load(Relaxed))).min(run);
         d.set_item("poll_seconds", poll as f64 / hz)?;
         d.set_item("busy_seconds", (run - poll) as f64 / hz)?;
         self.timing.borrow(py).fill(py, &d)?;
