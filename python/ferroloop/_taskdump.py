@@ -28,18 +28,18 @@ def _frame_label(frame: FrameType, coro: Any = None) -> str:
 
 def _coro_stack(task: asyncio.Task[Any], live: FrameType | None) -> list[str]:
     """The task's coroutine stack, outermost first, as pstree labels its frames."""
-    coro = task.get_coro()
+    coro: Any = task.get_coro()
     root = getattr(coro, "cr_frame", None)
     if live is not None and root is not None:
         # The task is running (we were called from inside it): its frames are the
         # thread's, from the caller up to the coroutine's own frame.
-        frames = []
+        frames: list[FrameType] = []
         f: FrameType | None = live
         while f is not None and f is not root:
             frames.append(f)
             f = f.f_back
-        if f is root:
-            frames.append(root)
+        if f is not None:  # it is `root`
+            frames.append(f)
             return [_frame_label(fr) for fr in reversed(frames)]
     stack = []
     while coro is not None:
@@ -92,7 +92,7 @@ def awaiters(loop: Any, task: asyncio.Task[Any]) -> list[asyncio.Task[Any]]:
     shield() or wait())."""
     found: dict[int, asyncio.Task[Any]] = {}
     if _PY314:
-        graph = asyncio.capture_call_graph(task, limit=0)
+        graph = asyncio.capture_call_graph(task, limit=0)  # type: ignore[attr-defined]
         parents = [g.future for g in graph.awaited_by] if graph is not None else []
     else:
         parents = _awaiters_of(task)
@@ -129,10 +129,10 @@ def format_tasks(loop: Any, frame: FrameType | None = None) -> list[str]:
     edges = _edges(tasks)
     cycles = _find_cycles(edges)
     if cycles:
-        lines = ["ERROR: await-graph contains cycles - cannot print a tree!", ""]
+        errors = ["ERROR: await-graph contains cycles - cannot print a tree!", ""]
         for cycle in cycles:
-            lines.append("cycle: " + " → ".join(t.get_name() for t in cycle))
-        return lines
+            errors.append("cycle: " + " → ".join(t.get_name() for t in cycle))
+        return errors
 
     # As asyncio.tools._build_tree: a task node holds the awaiter's frames, under which
     # the tasks it awaits hang; a task that awaits no task shows its own stack.
