@@ -40,7 +40,8 @@ def _coro_stack(task: asyncio.Task[Any], live: FrameType | None) -> list[str]:
             f = f.f_back
         if f is not None:  # it is `root`
             frames.append(f)
-            return [_frame_label(fr) for fr in reversed(frames)]
+            # (3.10 has no co_qualname: the coroutine's own frame takes its __qualname__.)
+            return [_frame_label(fr, coro if fr is root else None) for fr in reversed(frames)]
     stack = []
     while coro is not None:
         if hasattr(coro, "cr_await"):
