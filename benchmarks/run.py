@@ -359,6 +359,10 @@ def write_chart(
         ax.barh(ys, [r or 0 for r in ratios], height=height, label=peer)
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
+    ticker = matplotlib.ticker
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g×"))
+    ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g×"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_yticks(range(len(labels)), labels)
     ax.invert_yaxis()
     ax.set_xlabel("peer time / ferroloop time (median; > 1: ferroloop faster)")
