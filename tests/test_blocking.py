@@ -291,3 +291,20 @@ def test_episode_in_progress_reported_at_stop(floop):
     assert reports[0].ongoing
     assert 0.05 <= reports[0].duration
     assert "still blocking" in str(reports[0])
+
+
+def test_dropped_loop_stops_its_detector():
+    """FERROLOOP ONLY: the detector does not keep its loop alive: a loop dropped unclosed
+    is collected, closes itself (with asyncio's ResourceWarning) and stops the detector."""
+    import warnings
+    import weakref
+
+    lp = ferroloop.new_event_loop()
+    detector = ferroloop.detect_blocking(lp, 0.1)
+    ref = weakref.ref(lp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        del lp
+        gc.collect()
+    assert ref() is None
+    assert not detector.is_running() and detector.loop is None

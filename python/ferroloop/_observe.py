@@ -172,16 +172,22 @@ class BlockingDetector:
         threshold: float,
         callback: Callable[[BlockingReport], object] | None,
     ) -> None:
-        self.loop = loop
         self.threshold = threshold
         self.reports = 0
         self._callback = callback
+        # Weak: the running thread keeps this object alive, and must not keep the loop
+        # alive (an unclosed loop that is dropped closes itself, stopping its detectors).
         self._loop_ref = weakref.ref(loop)
         # The watchdog wakes ten times per threshold: durations are short by at most that.
         interval = min(max(threshold / 10, 0.001), 0.1)
         self._watchdog = _core.Watchdog(loop, threshold, interval, self._capture, self._report)
         loop._detectors.append(self)
         _live.add(self)
+
+    @property
+    def loop(self) -> Any:
+        """The loop watched (None once it is gone)."""
+        return self._loop_ref()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
