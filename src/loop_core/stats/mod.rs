@@ -12,7 +12,10 @@
 mod io;
 mod timing;
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -252,7 +255,8 @@ impl LoopStats {
         }
         if flags & WATCHED != 0 {
             self.start.store(now, Relaxed);
-            self.running.store(handle.as_ptr() as usize, Relaxed);
+            // Release, with `view`'s Acquire: a watchdog that sees this handle sees its start.
+            self.running.store(handle.as_ptr() as usize, Release);
         }
         now
     }
@@ -324,7 +328,7 @@ impl LoopStats {
         View {
             phase: self.phase.load(Relaxed),
             seq: self.callbacks.get(),
-            in_callback: self.running.load(Relaxed) != 0,
+            in_callback: self.running.load(Acquire) != 0,
             start: self.start.load(Relaxed),
         }
     }
