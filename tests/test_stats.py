@@ -208,11 +208,14 @@ def test_slow_callback_among_untimed_short_ones(floop):
 
     run([time.monotonic] * 50 + [slow_one] + [time.monotonic] * 100)
     slowest = floop.stats()["slowest_callback"]
-    assert slowest is not None and slowest["timed"] is False
-    assert slowest["seconds"] >= 0.01
-    assert (
-        slowest["repr"].startswith("one of the ") and "untimed callbacks before" in slowest["repr"]
-    )
+    assert slowest is not None and slowest["seconds"] >= 0.01
+    if slowest["timed"]:
+        # Only if an earlier stretch (the process preempted for over 1 ms on a busy
+        # machine) had already switched timing to every callback.
+        assert "slow_one" in slowest["repr"]
+    else:
+        assert slowest["repr"].startswith("one of the ")
+        assert "untimed callbacks before" in slowest["repr"]
     before = floop.stats()["callback_durations"]["count"]
 
     def slower_one():
