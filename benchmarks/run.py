@@ -62,6 +62,9 @@ DIST = {k: k for k in ("ferroloop", "uvloop", "rloop", "rsloop", "blazio", "taly
 # package with its extension module), run as loop "ferroloop[NAME]" with DIR first on
 # PYTHONPATH, e.g. to compare a candidate change with the installed build in one run.
 VARIANTS: dict[str, str] = {}
+# --detector: the installed ferroloop with its blocking detector on, as "ferroloop[detect]".
+DETECTOR = "ferroloop[detect]"
+DETECT_THRESHOLD = "0.1"
 
 
 def worker_env(kind: str) -> tuple[str, dict[str, str]]:
@@ -69,6 +72,9 @@ def worker_env(kind: str) -> tuple[str, dict[str, str]]:
     env = dict(os.environ)
     env.pop("PYTHONASYNCIODEBUG", None)  # debug mode would measure something else
     env["PYTHONHASHSEED"] = "0"
+    if kind == DETECTOR:
+        env["FERROLOOP_BENCH_DETECT"] = DETECT_THRESHOLD
+        return "ferroloop", env
     if kind in VARIANTS:
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (VARIANTS[kind], env.get("PYTHONPATH", "")) if p
@@ -97,9 +103,12 @@ def loop_available(kind: str) -> str | None:
     return None
 
 
-def run_one(kind: str, bench: str, n: int, timeout: float, no_gc: bool) -> dict[str, Any]:
+def run_one(
+    kind: str, bench: str, n: int, timeout: float, no_gc: bool, clock: str
+) -> dict[str, Any]:
     name, env = worker_env(kind)
     env["FERROLOOP_BENCH_NO_GC"] = "1" if no_gc else "0"
+    env["FERROLOOP_BENCH_CLOCK"] = clock
     try:
         p = subprocess.run(
             [sys.executable, str(WORKER), name, bench, str(n)],
@@ -322,6 +331,51 @@ def notes(results: dict[str, Any], loops: list[str]) -> list[str]:
     return lines
 
 
+# -- the chart ---------------------------------------------------------------------------
+
+
+def write_chart(
+    benches: list[tuple[str, str, int]],
+    loops: list[str],
+    results: dict[str, Any],
+    path: Path,
+    title: str,
+) -> str | None:
+    """A PNG of the median ratios (peer time / ferroloop time), one bar per peer and row;
+    None if matplotlib is missing (it is in requirements/bench.txt), else the reason."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no chart"
+    peers = [k for k in loops if k != "ferroloop"]
+    labels = [label for _key, label, _n in benches]
+    height = 0.8 / max(len(peers), 1)
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(labels) * max(1, len(peers) / 2) + 1.5))
+    for j, peer in enumerate(peers):
+        ratios = [results[key]["ratios"]["median"].get(peer) for key, _l, _n in benches]
+        ys = [i + (j - (len(peers) - 1) / 2) * height for i in range(len(labels))]
+        ax.barh(ys, [r or 0 for r in ratios], height=height, label=peer)
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ticker = matplotlib.ticker
+    ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g×"))
+    ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g×"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("peer time / ferroloop time (median; > 1: ferroloop faster)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 # -- main --------------------------------------------------------------------------------
 
 
@@ -356,6 +410,20 @@ def main() -> None:
         action="store_true",
         help="diagnostic: cyclic GC disabled during the measured region (not the default)",
     )
+    ap.add_argument(
+        "--detector",
+        action="store_true",
+        help="also run the installed ferroloop with its blocking detector on (threshold "
+        f"{DETECT_THRESHOLD} s), shown as {DETECTOR}",
+    )
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what a measurement times: wall-clock time (default) or the CPU time of the "
+        "worker process, all threads (steadier on a shared machine; it leaves out time "
+        "spent waiting, which matters for the threadsafe and executor rows)",
+    )
     ap.add_argument("--no-save", action="store_true", help="print only, write no result files")
     args = ap.parse_args()
 
@@ -377,6 +445,8 @@ def main() -> None:
         kind = f"ferroloop[{name}]"
         VARIANTS[kind] = str(Path(path).resolve())
         requested.insert(1, kind)
+    if args.detector:
+        requested.insert(1, DETECTOR)
     if "ferroloop" not in requested:
         ap.error("ferroloop must be among --loops: every ratio is relative to it")
     loops, missing = [], {}
@@ -394,7 +464,12 @@ def main() -> None:
     info = machine_info(loops)
     info["variants"] = dict(VARIANTS)
     info.update(
-        rounds=rounds, scale=scale, gc_disabled=args.no_gc, loops=loops, missing_loops=missing
+        rounds=rounds,
+        scale=scale,
+        gc_disabled=args.no_gc,
+        clock=args.clock,
+        loops=loops,
+        missing_loops=missing,
     )
     print(
         f"ferroloop benchmarks: {len(benches)} rows x {len(loops)} loops x {rounds} rounds "
@@ -413,7 +488,7 @@ def main() -> None:
         order = loops[r % len(loops) :] + loops[: r % len(loops)]
         for key, _label, n in benches:
             for kind in order:
-                out = run_one(kind, key, n, args.timeout, args.no_gc)
+                out = run_one(kind, key, n, args.timeout, args.no_gc, args.clock)
                 res = results[key]
                 if "error" in out:
                     res["errors"].setdefault(kind, []).append(out["error"])
@@ -451,6 +526,7 @@ def main() -> None:
         f"Python {platform.python_version()} | {info['cpu']} x{info['cpus']} | {versions}\n"
         f"ferroloop commit {info['ferroloop_commit']}{dirty}"
         f" | {rounds} rounds, scale {scale:g}{', GC OFF' if args.no_gc else ''}"
+        f"{', CPU time' if args.clock == 'cpu' else ''}"
         f" | load {info['loadavg_start']} -> {info['loadavg_end']}"
         f" | {info['wall_seconds']:.0f} s"
     )
@@ -495,7 +571,13 @@ def main() -> None:
             md += ["", f"## {titles[stat]}", "", render_markdown(header, rows)]
         md += ["", legend, "", *(f"- {line}" for line in extra)]
         (out_dir / f"bench-{stamp}.md").write_text("\n".join(md) + "\n")
-        print(f"results: {out_dir / f'bench-{stamp}.json'} and .md", file=sys.stderr)
+        chart = out_dir / f"bench-{stamp}.png"
+        why = write_chart(benches, loops, results, chart, head)
+        print(
+            f"results: {out_dir / f'bench-{stamp}.json'}, .md"
+            + (f" ({why})" if why else " and .png (the ratios as a chart)"),
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,16 @@ import random
 import sys
 import threading
 from collections.abc import Callable
-from time import perf_counter
+from time import perf_counter as _wall
+from time import process_time as _cpu
 from typing import Any
 
 Loop = asyncio.AbstractEventLoop
+
+# FERROLOOP_BENCH_CLOCK=cpu (run.py --clock cpu): time the CPU the process spent (all its
+# threads) instead of the wall clock, which on a shared machine also counts the time other
+# processes held the CPU.
+perf_counter = _cpu if os.environ.get("FERROLOOP_BENCH_CLOCK") == "cpu" else _wall
 
 
 # -- the loops ---------------------------------------------------------------------------
@@ -460,6 +466,14 @@ def measure(kind: str, bench: str, n: int, warmup: bool = True, gc_enabled: bool
             wl.close()
         del wl
     loop = make_loop(kind)
+    # FERROLOOP_BENCH_DETECT=SECONDS (run.py --detector): ferroloop's blocking detector
+    # watches the measured loop.
+    detect = os.environ.get("FERROLOOP_BENCH_DETECT")
+    detector = None
+    if detect and kind == "ferroloop":
+        import ferroloop
+
+        detector = ferroloop.detect_blocking(loop, float(detect))  # type: ignore[attr-defined]
     try:
         gc.collect()
         before = [g["collections"] for g in gc.get_stats()]
@@ -470,10 +484,12 @@ def measure(kind: str, bench: str, n: int, warmup: bool = True, gc_enabled: bool
         after = [g["collections"] for g in gc.get_stats()]
         # Collections of generations 0, 1, 2 during the benchmark (its setup included).
         r.info["gc_collections"] = [b - a for a, b in zip(before, after)]
+        if detector is not None:
+            r.info["blocking_reports"] = detector.reports
         return r
     finally:
         gc.enable()
-        loop.close()
+        loop.close()  # stops the detector
 
 
 def main(argv: list[str]) -> None:

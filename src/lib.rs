@@ -9,6 +9,7 @@ mod pyapi;
 mod sock_ops;
 mod syscalls;
 mod transports;
+mod watchdog;
 
 use pyo3::prelude::*;
 
@@ -21,7 +22,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "ferroloop needs the GIL; free-threaded CPython is not supported",
         ));
     }
+    clock::init_ticks();
     loop_core::init_pymodule(m)?;
     transports::init_pymodule(m)?;
-    sock_ops::init_pymodule(m)
+    sock_ops::init_pymodule(m)?;
+    watchdog::init_pymodule(m)
 }

@@ -267,6 +267,7 @@ def test_ferroloop_only_all_names_exist():
     """FERROLOOP ONLY: the package's public names (the policy's only before 3.14, where
     asyncio drops its own policy names from `asyncio.__all__`)."""
     names = {"Loop", "install", "new_event_loop", "run"}
+    names |= {"BlockingDetector", "BlockingReport", "detect_blocking", "dump_tasks"}
     if not POLICY_DEPRECATED:
         names.add("EventLoopPolicy")
     assert set(ferroloop.__all__) == names

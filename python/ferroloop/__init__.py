@@ -6,12 +6,23 @@ from typing import TYPE_CHECKING, Any
 
 from . import _policy
 from ._loop import Loop
+from ._observe import BlockingDetector, BlockingReport, detect_blocking
 from ._policy import install
 from ._run import new_event_loop, run
+from ._taskdump import dump_tasks
 
 __version__ = "0.1.0"
 
-__all__: tuple[str, ...] = ("Loop", "install", "new_event_loop", "run")
+__all__: tuple[str, ...] = (
+    "BlockingDetector",
+    "BlockingReport",
+    "Loop",
+    "detect_blocking",
+    "dump_tasks",
+    "install",
+    "new_event_loop",
+    "run",
+)
 
 if TYPE_CHECKING or not _policy.POLICY_DEPRECATED:
     from ._policy import EventLoopPolicy

@@ -26,7 +26,7 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _core
+from . import _core, _observe
 from ._datagram import DatagramTransport
 from ._network import bind_network_methods
 from ._signals import SignalHandlers
@@ -135,6 +135,9 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
         if _OWN_CHILD_WATCHING:
             self._child_pidfds: dict[int, int] = {}
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
+        self._detectors: list[_observe.BlockingDetector] = []
+        for hook in _observe.new_loop_hooks:
+            hook(self)
 
     def run_forever(self) -> None:
         """Run the event loop until stop() is called."""
@@ -268,6 +271,7 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
             return
         if self._debug:
             logger.debug("Close %r", self)
+        _observe.loop_closed(self)
         self._close_core()
         self._close_signals()
         if _OWN_CHILD_WATCHING:

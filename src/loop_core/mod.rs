@@ -6,6 +6,7 @@ pub(crate) mod fds;
 pub(crate) mod handles;
 mod run;
 mod schedule;
+pub(crate) mod stats;
 mod timers;
 mod watch;
 
@@ -28,6 +29,7 @@ use crate::sock_ops::{Op, SockCall};
 use deadline::When;
 use fds::{Dir, Fds};
 use handles::{Handle, TimerHandle};
+use stats::LoopStats;
 use timers::Timers;
 
 pub(crate) struct State {
@@ -63,6 +65,8 @@ pub(crate) struct State {
 pub struct LoopCore {
     st: GilCell<State>,
     clock_resolution: f64,
+    /// Shared with the loop's transports and blocking detectors.
+    pub(crate) stats: Arc<LoopStats>,
 }
 
 /// Spent handles kept for reuse: enough for a burst of 10k callbacks in one iteration
@@ -86,6 +90,7 @@ impl LoopCore {
 
     pub(crate) fn timer_cancelled(&self, py: Python<'_>) {
         self.st.borrow_mut(py).timers.cancelled += 1;
+        self.stats.timer_cancelled();
     }
 
     #[inline]
@@ -124,6 +129,7 @@ impl LoopCore {
                 sock_check_armed: false,
             }),
             clock_resolution: clock::resolution(),
+            stats: Arc::new(LoopStats::new()),
         })
     }
 
@@ -290,6 +296,7 @@ impl LoopCore {
     #[setter(_thread_id)]
     fn set_thread_id(&self, py: Python<'_>, value: Option<u64>) {
         self.st.borrow_mut(py).thread_id = value;
+        self.stats.set_thread(value);
     }
 
     #[getter(_current_handle)]
@@ -336,6 +343,7 @@ impl LoopCore {
     /// Runs iterations until `stop()`; `Loop.run_forever` does the set-up around it.
     fn _run_forever_core(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        let started = slf.get().stats.run_start();
         let result = loop {
             if let Err(e) = Self::run_once(slf) {
                 break Err(e);
@@ -345,12 +353,21 @@ impl LoopCore {
             }
         };
         slf.get().st.borrow_mut(py).stopping = false;
+        slf.get().stats.run_end(py, started);
         result
     }
 
     /// One loop iteration (asyncio's `_run_once`).
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
-        Self::run_once(slf)
+        let started = slf.get().stats.run_start();
+        let result = Self::run_once(slf);
+        slf.get().stats.run_end(slf.py(), started);
+        result
+    }
+
+    /// The loop's statistics since it was made (see `stats.rs` and the stubs).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.stats.to_dict(py)
     }
 
     /// Marks the loop closed and releases callbacks, timers, watchers and the poller;

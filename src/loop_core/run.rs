@@ -50,20 +50,35 @@ impl LoopCore {
         // asyncio runs only the handles that were ready at the start of this step;
         // callbacks scheduled meanwhile wait for the next iteration.
         let ntodo = this.st.borrow(py).ready.len();
+        let stats = &*this.stats;
+        stats.iteration(ntodo);
         for _ in 0..ntodo {
             let Some(handle) = this.st.borrow_mut(py).ready.pop_front() else {
                 break;
             };
             let handle = handle.into_bound(py);
-            if let Ok(timer) = handle.cast_exact::<TimerHandle>() {
-                this.st.borrow_mut(py).timers.fired(py, timer);
-            }
-            if !handle.get().is_cancelled(py) {
-                if this.debug(py) {
-                    Self::run_debug(slf, &handle)?;
-                } else {
-                    Handle::run(&handle)?;
+            let is_timer = match handle.cast_exact::<TimerHandle>() {
+                Ok(timer) => {
+                    this.st.borrow_mut(py).timers.fired(py, timer);
+                    true
                 }
+                Err(_) => false,
+            };
+            if !handle.get().is_cancelled(py) {
+                if is_timer {
+                    stats.timer_fired();
+                }
+                let timed = stats.callback_start(&handle);
+                let result = if this.debug(py) {
+                    Self::run_debug(slf, &handle)
+                } else {
+                    Handle::run(&handle)
+                };
+                stats.callback_end();
+                if let Some(start) = timed {
+                    stats.timed(&handle, start);
+                }
+                result?;
             }
             Self::recycle(this, handle);
         }
@@ -169,8 +184,10 @@ impl LoopCore {
         let waited = if !blocking && idle {
             Ok(Waited::Events(0))
         } else if blocking {
+            let started = this.stats.poll_start();
             let r = py.detach(|| poller.wait(&mut events, timeout));
             poller.set_polling(false);
+            this.stats.poll_end(started);
             r
         } else {
             poller.wait(&mut events, timeout)
@@ -195,12 +212,14 @@ impl LoopCore {
     ) {
         use nix::sys::epoll::EpollFlags;
         let st = &mut *this.st.borrow_mut(py);
+        let mut fd_events = 0;
         for ev in events {
             let token = ev.data();
             if token == WAKER_TOKEN {
                 poller.drain_waker();
                 continue;
             }
+            fd_events += 1;
             let Some(entry) = st.fds.get(token as i32) else {
                 continue;
             };
@@ -221,6 +240,7 @@ impl LoopCore {
                 queue(&entry.writer);
             }
         }
+        this.stats.io_events(fd_events);
     }
 
     /// Runs a handle in debug mode: tracks the current handle and warns about slow

@@ -102,6 +102,7 @@ impl LoopCore {
             .borrow_mut(py)
             .timers
             .push(py, when, timer.clone_ref(py));
+        slf.get().stats.timer_scheduled();
         Ok(timer)
     }
 

@@ -21,6 +21,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors::{self, os_error};
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
+use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
 use crate::pyapi;
 use crate::syscalls;
@@ -90,6 +91,18 @@ impl StreamState {
 pub struct StreamTransport {
     fd: RawFd,
     st: GilCell<StreamState>,
+    /// Counted open in the loop's statistics until the connection is lost.
+    io: TransportIo,
+}
+
+/// TCP or Unix, from the socket's address family.
+fn kind_of(fd: RawFd) -> TransportKind {
+    match socket::getsockname::<socket::SockaddrStorage>(fd)
+        .map(|a| socket::SockaddrLike::family(&a))
+    {
+        Ok(Some(socket::AddressFamily::Unix)) => TransportKind::Unix,
+        _ => TransportKind::Tcp,
+    }
 }
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -343,7 +356,10 @@ impl StreamTransport {
                 socket::sendmsg::<()>(this.fd, &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
             };
             match result {
-                Ok(n) => sent = n,
+                Ok(n) => {
+                    this.io.wrote(n);
+                    sent = n;
+                }
                 Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
                 Err(e) => {
                     return Self::fatal_error(
@@ -414,6 +430,7 @@ impl StreamTransport {
                 return Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")
             }
         };
+        this.io.read(data.as_bytes().len());
         if data.as_bytes().is_empty() {
             return Self::on_eof(slf);
         }
@@ -484,6 +501,7 @@ impl StreamTransport {
                 }
             }
         };
+        this.io.read(nbytes);
         if nbytes == 0 {
             return Self::on_eof(slf);
         }
@@ -543,6 +561,7 @@ impl StreamTransport {
             .map_err(|_| PyTypeError::new_err("a ferroloop loop is required"))?;
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
         Ok(StreamTransport {
+            io: TransportIo::opened(&lp.get().stats, kind_of(fd)),
             fd,
             st: GilCell::new(StreamState {
                 loop_: Some(lp.clone().unbind()),
@@ -602,7 +621,10 @@ impl StreamTransport {
             socket::send(this.fd, &st.wbuf[st.head..], MsgFlags::MSG_NOSIGNAL)
         };
         match result {
-            Ok(n) => this.st.borrow_mut(py).consume(n),
+            Ok(n) => {
+                this.io.wrote(n);
+                this.st.borrow_mut(py).consume(n);
+            }
             Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(()),
             Err(e) => {
                 this.remove_io(py, Dir::Write)?;
@@ -758,6 +780,7 @@ impl StreamTransport {
             _ => Ok(()),
         };
         // Released whatever connection_lost did, as asyncio's `finally:`.
+        this.io.closed();
         let (sock, owner, waiter, _protocol, _loop) = {
             let mut st = this.st.borrow_mut(py);
             (

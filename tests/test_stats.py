@@ -1,0 +1,269 @@
+"""`Loop.stats()`: ferroloop's always-on loop statistics.
+
+FERROLOOP ONLY: the stock loop has no such API, so these tests run on ferroloop. Counts are
+checked exactly against scripted workloads; durations only from below (a callback that
+sleeps 20 ms took at least that), never as performance bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import ferroloop
+import pytest
+
+KINDS = ("tcp", "unix", "tls", "udp", "pipe")
+
+
+@pytest.fixture
+def floop() -> Iterator[ferroloop.Loop]:
+    lp = ferroloop.new_event_loop()
+    try:
+        yield lp
+    finally:
+        lp.close()
+
+
+def test_stats_shape_of_a_new_loop(floop):
+    """FERROLOOP ONLY: every key, zero on a loop that has not run."""
+    st = floop.stats()
+    assert st["iterations"] == st["callbacks"] == st["max_ready"] == st["io_events"] == 0
+    assert st["timers"] == {"scheduled": 0, "cancelled": 0, "fired": 0}
+    assert set(st["transports"]) == set(KINDS)
+    for counts in st["transports"].values():
+        assert counts == dict.fromkeys(
+            ("open", "bytes_read", "reads", "bytes_written", "writes"), 0
+        )
+    assert st["servers"] == 0
+    assert st["poll_seconds"] == st["busy_seconds"] == 0.0
+    d = st["callback_durations"]
+    assert d == {"count": 0, "max": 0.0, "p50": 0.0, "p99": 0.0, "histogram": []}
+    assert st["slowest_callback"] is None
+
+
+def test_stats_count_callbacks_exactly(floop):
+    """FERROLOOP ONLY: N callbacks ready at once run in one iteration."""
+    n = 5000
+    ran = []
+    for i in range(n - 1):
+        floop.call_soon(ran.append, i)
+    floop.call_soon(floop.stop)
+    floop.run_forever()
+    st = floop.stats()
+    assert len(ran) == n - 1
+    assert st["callbacks"] == n
+    assert st["iterations"] == 1
+    assert st["max_ready"] == n
+    d = st["callback_durations"]
+    # Short callbacks: the first two are timed, then one in 32 (more if the process was
+    # preempted for over 1 ms meanwhile, which switches timing to every callback a while).
+    assert 2 + (n - 2) // 32 <= d["count"] <= n
+    assert sum(count for _lo, _hi, count in d["histogram"]) == d["count"]
+    assert 0 < d["p50"] <= d["p99"] and d["max"] > 0
+
+
+def test_stats_count_timers_exactly(floop):
+    """FERROLOOP ONLY: M timers scheduled, C of them cancelled: M - C fire."""
+    m, c = 300, 120
+    fired = []
+    handles = [floop.call_later(0, fired.append, i) for i in range(m)]
+    for h in handles[:c]:
+        h.cancel()
+    handles[0].cancel()  # cancelling twice counts once
+    floop.call_later(0.001, floop.stop)
+    floop.run_forever()
+    st = floop.stats()
+    assert len(fired) == m - c
+    assert st["timers"] == {"scheduled": m + 1, "cancelled": c, "fired": m - c + 1}
+    assert st["callbacks"] == m - c + 1
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+async def _echo_through(loop, reader, writer, chunks):
+    got = 0
+    for chunk in chunks:
+        writer.write(chunk)
+        await writer.drain()
+        want = got + len(chunk)
+        while got < want:
+            got += len(await reader.read(want - got))
+    writer.close()
+    await writer.wait_closed()
+    return got
+
+
+def test_stats_count_tcp_bytes_echoed(floop):
+    """FERROLOOP ONLY: K bytes echoed over TCP are read and written twice (client and
+    server side), by transports counted open while connected."""
+    chunks = [bytes([i]) * (1000 + 37 * i) for i in range(20)]
+    k = sum(map(len, chunks))
+
+    async def main():
+        server = await floop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.sleep(0.01)
+        open_now = floop.stats()["transports"]["tcp"]["open"]
+        got = await _echo_through(floop, reader, writer, chunks)
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.01)
+        return open_now, got
+
+    open_now, got = floop.run_until_complete(main())
+    assert got == k
+    tcp = floop.stats()["transports"]["tcp"]
+    assert open_now == 2
+    assert tcp["open"] == 0
+    assert tcp["bytes_read"] == 2 * k
+    assert tcp["bytes_written"] == 2 * k
+    # Each echo is read in at least one call per side, plus the end-of-file reads.
+    assert tcp["reads"] >= 2 * len(chunks)
+    assert tcp["writes"] >= 2 * len(chunks)
+    st = floop.stats()
+    assert st["io_events"] >= tcp["reads"]
+    for kind in ("unix", "tls", "udp", "pipe"):
+        assert st["transports"][kind]["bytes_read"] == 0
+
+
+def test_stats_count_unix_transports_apart(floop):
+    """FERROLOOP ONLY: a Unix-socket transport counts under `unix`, not `tcp`."""
+    a, b = socket.socketpair()
+
+    async def main():
+        t1, _ = await floop.connect_accepted_socket(Echo, a)
+        reader, writer = await asyncio.open_connection(sock=b)
+        got = await _echo_through(floop, reader, writer, [b"x" * 5000])
+        t1.close()
+        await asyncio.sleep(0.01)
+        return got
+
+    assert floop.run_until_complete(main()) == 5000
+    st = floop.stats()["transports"]
+    assert st["unix"]["bytes_read"] == st["unix"]["bytes_written"] == 10000
+    assert st["unix"]["open"] == 0
+    assert st["tcp"]["bytes_read"] == 0
+
+
+def test_poll_and_busy_seconds(floop):
+    """FERROLOOP ONLY: waiting for a timer is polling; a callback that sleeps is busy."""
+
+    async def main():
+        await asyncio.sleep(0.05)
+        time.sleep(0.05)
+
+    floop.run_until_complete(main())
+    st = floop.stats()
+    assert st["poll_seconds"] >= 0.04
+    assert st["busy_seconds"] >= 0.05
+
+
+def test_slowest_callback_names_the_task(floop):
+    """FERROLOOP ONLY: callbacks that take milliseconds are all timed; the slowest is
+    named as asyncio's slow-callback warning names it."""
+
+    async def slow():
+        for _ in range(20):
+            await asyncio.sleep(0)
+            time.sleep(0.001)
+        time.sleep(0.02)
+
+    floop.run_until_complete(floop.create_task(slow(), name="the-slow-one"))
+    st = floop.stats()
+    slowest = st["slowest_callback"]
+    assert slowest is not None
+    assert "the-slow-one" in slowest["repr"]
+    assert slowest["seconds"] >= 0.02
+    d = st["callback_durations"]
+    assert d["max"] == slowest["seconds"]
+    assert slowest["timed"] is True
+    assert d["count"] >= 20
+    assert d["p99"] >= 0.001
+
+
+def test_slow_callback_among_untimed_short_ones(floop):
+    """FERROLOOP ONLY: a slow callback in the untimed stretch between two sampled ones is
+    recorded as the slowest, as an upper bound, named after the next timed one; the
+    callbacks after it are then all timed, so the next slow one is caught by name."""
+
+    def slow_one():
+        time.sleep(0.01)
+
+    def run(callbacks):
+        for cb in callbacks:
+            floop.call_soon(cb)
+        floop.call_soon(floop.stop)
+        floop.run_forever()
+
+    run([time.monotonic] * 50 + [slow_one] + [time.monotonic] * 100)
+    slowest = floop.stats()["slowest_callback"]
+    assert slowest is not None and slowest["seconds"] >= 0.01
+    if slowest["timed"]:
+        # Only if an earlier stretch (the process preempted for over 1 ms on a busy
+        # machine) had already switched timing to every callback.
+        assert "slow_one" in slowest["repr"]
+    else:
+        assert slowest["repr"].startswith("one of the ")
+        assert "untimed callbacks before" in slowest["repr"]
+    before = floop.stats()["callback_durations"]["count"]
+
+    def slower_one():
+        time.sleep(0.03)
+
+    run([time.monotonic] * 50 + [slower_one] + [time.monotonic] * 100)
+    st = floop.stats()
+    assert st["slowest_callback"]["timed"] is True
+    assert "slower_one" in st["slowest_callback"]["repr"]
+    assert st["slowest_callback"]["seconds"] >= 0.03
+    assert st["callback_durations"]["count"] == before + 152
+
+
+def test_stats_after_close(floop):
+    """FERROLOOP ONLY: the numbers stay readable once the loop is closed."""
+    floop.run_until_complete(asyncio.sleep(0))
+    before = floop.stats()
+    floop.close()
+    assert floop.stats() == before
+
+
+def _rss() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_no_leak_over_a_million_callbacks(floop):
+    """FERROLOOP ONLY: stats keep no per-callback memory (fixed histogram, one repr)."""
+    batch = 10_000
+    count = [0]
+
+    def tick():
+        count[0] += 1
+
+    def run(batches):
+        for _ in range(batches):
+            for _ in range(batch):
+                floop.call_soon(tick)
+            floop.call_soon(floop.stop)
+            floop.run_forever()
+
+    run(20)
+    gc.collect()
+    before = _rss()
+    run(100)
+    gc.collect()
+    grown = _rss() - before
+    assert count[0] == 120 * batch
+    assert floop.stats()["callbacks"] >= 1_200_000
+    assert grown < 1_000_000, f"RSS grew by {grown} bytes over 1M callbacks"
