@@ -5,7 +5,9 @@
 use std::collections::VecDeque;
 use std::os::raw::c_int;
 
-use pyo3::exceptions::PyBufferError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pyo3::exceptions::{PyBufferError, PyRuntimeError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -28,6 +30,16 @@ static SYSCALL_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SSL_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SSL_OBJECT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static INPUT: PyOnceLock<Py<InputBuf>> = PyOnceLock::new();
+static WINDOW: PyOnceLock<Py<Window>> = PyOnceLock::new();
+
+/// What one read asks for when nothing tells how much there is: a record's plaintext is
+/// at most 16 KiB; one byte more tells a whole record from a cut one.
+pub(crate) const READ_CHUNK: usize = 16384 + 1;
+
+unsafe extern "C" {
+    // CPython's exported `_PyBytes_Resize` (pyo3-ffi keeps its binding crate-private).
+    fn _PyBytes_Resize(bytes: *mut *mut ffi::PyObject, newsize: ffi::Py_ssize_t) -> i32;
+}
 
 /// asyncio's `SSLAgainErrors`: `SSLWantReadError` and `SSLSyscallError`, which end a
 /// read, a handshake step or a shutdown step until more bytes arrive.
@@ -135,6 +147,80 @@ impl InputBuf {
     }
 }
 
+/// A writable view of the part of a new bytes object that a read fills: plaintext is
+/// decrypted straight into the bytes object `data_received()` gets (no bytes object per
+/// record, no join). One per process, used with the GIL held; the span is set just
+/// before a read and cleared just after.
+#[pyclass(module = "ferroloop._core", name = "_TLSWindow", frozen)]
+pub(crate) struct Window {
+    addr: AtomicUsize,
+    len: AtomicUsize,
+    /// Views handed out and not yet released: must be none once a read returns.
+    exports: AtomicUsize,
+}
+
+impl Window {
+    fn get(py: Python<'_>) -> PyResult<&Py<Window>> {
+        WINDOW.get_or_try_init(py, || {
+            Py::new(
+                py,
+                Window {
+                    addr: AtomicUsize::new(0),
+                    len: AtomicUsize::new(0),
+                    exports: AtomicUsize::new(0),
+                },
+            )
+        })
+    }
+
+    fn set(&self, addr: usize, len: usize) {
+        self.addr.store(addr, Ordering::Relaxed);
+        self.len.store(len, Ordering::Relaxed);
+    }
+}
+
+#[pymethods]
+impl Window {
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if view.is_null() {
+            return Err(PyBufferError::new_err("View is null"));
+        }
+        let this = slf.get();
+        let addr = this.addr.load(Ordering::Relaxed);
+        let len = ffi::Py_ssize_t::try_from(this.len.load(Ordering::Relaxed)).unwrap_or(0);
+        // SAFETY: `view` is the caller's to fill; the span is writable memory of a bytes
+        // object only we reference (see `Ssl::read_bytes`), or empty; the caller releases
+        // the view before the read returns, which `read_bytes` checks.
+        let r =
+            unsafe { ffi::PyBuffer_FillInfo(view, slf.as_ptr(), addr as *mut _, len, 0, flags) };
+        if r != 0 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        this.exports.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut ffi::Py_buffer) {
+        self.exports.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How a `read_bytes` ended.
+pub(crate) enum Filled {
+    /// The peer's close_notify.
+    Eof,
+    /// OpenSSL wants more bytes.
+    Again,
+    /// The bytes object is full: OpenSSL may hold more.
+    Full,
+    /// No whole record is left.
+    Drained,
+}
+
 /// Where the records in the incoming BIO begin and end, from their 5-byte headers as the
 /// bytes go in. With OpenSSL's `read_ahead` off (CPython never turns it on) a read takes
 /// bytes from the BIO only for the record it is working on, so the BIO's `pending` count
@@ -152,8 +238,8 @@ pub(crate) struct Records {
     next: u64,
     header: [u8; 5],
     header_len: usize,
-    /// The ends of the records whose header has been seen, oldest first.
-    ends: VecDeque<u64>,
+    /// Where the records whose header has been seen begin and end, oldest first.
+    spans: VecDeque<(u64, u64)>,
     on: bool,
 }
 
@@ -164,7 +250,7 @@ impl Records {
             next: 0,
             header: [0; 5],
             header_len: 0,
-            ends: VecDeque::new(),
+            spans: VecDeque::new(),
             on: true,
         }
     }
@@ -197,27 +283,41 @@ impl Records {
             // change_cipher_spec, alert, handshake, application_data, heartbeat.
             if !(20..=24).contains(&kind) || major != 3 || body > MAX_RECORD_BODY {
                 self.on = false;
-                self.ends.clear();
+                self.spans.clear();
                 return;
             }
             let end = pos + body as u64;
-            self.ends.push_back(end);
+            self.spans.push_back((pos - 5, end));
             self.next = end;
         }
     }
 
-    /// Whether a read can make progress: a whole record lies in the BIO beyond what
-    /// OpenSSL has taken from it (`pending`: the BIO's count of bytes not yet taken).
-    pub(crate) fn readable(&mut self, pending: usize) -> bool {
+    /// What a read can get now: nothing (no whole record lies in the BIO beyond what
+    /// OpenSSL has taken from it; `pending` is the BIO's count of bytes not yet taken),
+    /// at most so many bytes (those of the records from the first one OpenSSL has not
+    /// finished: plaintext is never longer than its record), or an unknown amount (the
+    /// tracker is off).
+    pub(crate) fn available(&mut self, pending: usize) -> Available {
         if !self.on {
-            return true;
+            return Available::Unknown;
         }
         let taken = self.written.saturating_sub(pending as u64);
-        while self.ends.front().is_some_and(|&end| end <= taken) {
-            self.ends.pop_front();
+        while self.spans.front().is_some_and(|&(_, end)| end <= taken) {
+            self.spans.pop_front();
         }
-        self.ends.front().is_some_and(|&end| end <= self.written)
+        match self.spans.front() {
+            Some(&(start, end)) if end <= self.written => {
+                Available::AtMost(usize::try_from(self.written - start).unwrap_or(usize::MAX))
+            }
+            _ => Available::Nothing,
+        }
     }
+}
+
+pub(crate) enum Available {
+    Nothing,
+    AtMost(usize),
+    Unknown,
 }
 
 /// The TLS object and its BIOs. `raw` is the C-level `_ssl._SSLSocket` inside an
@@ -227,6 +327,8 @@ impl Records {
 pub(crate) struct Ssl {
     pub(crate) obj: Py<PyAny>,
     raw: Py<PyAny>,
+    /// `raw` is the C object, whose `read` may fill our window.
+    exact: bool,
     pub(crate) incoming: Py<PyAny>,
     pub(crate) outgoing: Py<PyAny>,
 }
@@ -239,17 +341,17 @@ impl Ssl {
         outgoing: Bound<'_, PyAny>,
     ) -> PyResult<Self> {
         let cls = pyapi::cached_attr(py, &SSL_OBJECT, "ssl", "SSLObject")?;
-        let raw = if obj.get_type().is(&cls) {
-            match obj.getattr(pyo3::intern!(py, "_sslobj")) {
-                Ok(raw) => raw,
-                Err(_) => obj.clone(),
-            }
+        let inner = if obj.get_type().is(&cls) {
+            obj.getattr(pyo3::intern!(py, "_sslobj")).ok()
         } else {
-            obj.clone()
+            None
         };
+        let exact = inner.is_some();
+        let raw = inner.unwrap_or_else(|| obj.clone());
         Ok(Ssl {
             obj: obj.unbind(),
             raw: raw.unbind(),
+            exact,
             incoming: incoming.unbind(),
             outgoing: outgoing.unbind(),
         })
@@ -259,6 +361,7 @@ impl Ssl {
         Ssl {
             obj: self.obj.clone_ref(py),
             raw: self.raw.clone_ref(py),
+            exact: self.exact,
             incoming: self.incoming.clone_ref(py),
             outgoing: self.outgoing.clone_ref(py),
         }
@@ -275,6 +378,94 @@ impl Ssl {
             .bind(py)
             .call_method1(pyo3::intern!(py, "read"), (n,))?
             .cast_into::<PyBytes>()?)
+    }
+
+    /// Decrypts into one new bytes object of at most `cap` bytes, record after record
+    /// while `more()` says a whole one is there. None when nothing was read.
+    pub(crate) fn read_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        cap: usize,
+        more: &mut dyn FnMut() -> PyResult<bool>,
+    ) -> PyResult<(Option<Bound<'py, PyBytes>>, Filled)> {
+        if !self.exact {
+            // An SSLObject subclass: its own read(), one bytes object per call.
+            return match self.read(py, cap) {
+                Ok(b) if b.as_bytes().is_empty() => Ok((None, Filled::Eof)),
+                Ok(b) => {
+                    let full = b.as_bytes().len() >= cap;
+                    Ok((Some(b), if full { Filled::Full } else { Filled::Drained }))
+                }
+                Err(err) if is_again(py, &err)? => Ok((None, Filled::Again)),
+                Err(err) => Err(err),
+            };
+        }
+        let len = ffi::Py_ssize_t::try_from(cap)
+            .map_err(|_| PyRuntimeError::new_err("TLS read too large"))?;
+        // SAFETY: with a NULL source, PyBytes_FromStringAndSize makes an uninitialised
+        // bytes object of `len` bytes (or returns NULL with an exception set).
+        let mut obj = unsafe { ffi::PyBytes_FromStringAndSize(std::ptr::null(), len) };
+        if obj.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: `obj` is a fresh bytes object; its buffer is `cap` writable bytes that
+        // nothing else can see until we hand the object out.
+        let base = unsafe { ffi::PyBytes_AsString(obj) } as usize;
+        let window = Window::get(py)?.bind(py);
+        let mut filled = 0;
+        let outcome = loop {
+            if filled >= cap {
+                break Ok(Filled::Full);
+            }
+            match more() {
+                Ok(true) => {}
+                Ok(false) => break Ok(Filled::Drained),
+                Err(err) => break Err(err),
+            }
+            window.get().set(base + filled, cap - filled);
+            let r = self
+                .raw
+                .bind(py)
+                .call_method1(pyo3::intern!(py, "read"), (cap - filled, window));
+            window.get().set(0, 0);
+            match r.and_then(|n| n.extract::<usize>()) {
+                Ok(0) => break Ok(Filled::Eof),
+                Ok(n) => filled += n.min(cap - filled),
+                Err(err) => match is_again(py, &err) {
+                    Ok(true) => break Ok(Filled::Again),
+                    Ok(false) => break Err(err),
+                    Err(e) => break Err(e),
+                },
+            }
+        };
+        if window.get().exports.load(Ordering::Relaxed) != 0 {
+            // A view of the bytes object outlived the read: it may be written through
+            // still, so the object is never freed or handed out.
+            return Err(PyRuntimeError::new_err(
+                "a view of a TLS read buffer was kept",
+            ));
+        }
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(err) => {
+                // SAFETY: we own the only reference.
+                unsafe { ffi::Py_DecRef(obj) };
+                return Err(err);
+            }
+        };
+        if filled == 0 {
+            // SAFETY: as above.
+            unsafe { ffi::Py_DecRef(obj) };
+            return Ok((None, outcome));
+        }
+        // SAFETY: `obj` has one reference, ours: _PyBytes_Resize may move it (updating
+        // `obj`) or free it, set NULL and raise. `filled <= cap` fits in Py_ssize_t.
+        if filled < cap && unsafe { _PyBytes_Resize(&mut obj, filled as ffi::Py_ssize_t) } != 0 {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: `obj` is a valid bytes object whose one reference we hand over.
+        let bytes = unsafe { Bound::from_owned_ptr(py, obj).cast_into_unchecked::<PyBytes>() };
+        Ok((Some(bytes), outcome))
     }
 
     /// `sslobj.read(n, buffer)`: the count read into `buffer`.

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyMemoryView, PySlice, PyTuple};
 
-use super::bio::{self, InputBuf, MAX_SIZE};
+use super::bio::{self, Available, Filled, InputBuf, MAX_SIZE, READ_CHUNK};
 use super::{AppState, Phase, SslProtocol, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use crate::errors;
 use crate::pyapi;
@@ -755,43 +755,58 @@ pub(super) fn do_read(slf: &Tls<'_>) -> PyResult<()> {
     }
 }
 
-/// Whether another read can get anything (see `Records`): asyncio reads until
+/// How much a read can get now, None if nothing (see `Records`): asyncio reads until
 /// `SSLWantReadError`, which this spares.
-fn readable(this: &SslProtocol, py: Python<'_>, ssl: &bio::Ssl) -> PyResult<bool> {
-    if this.st.borrow(py).plain_pending {
-        return Ok(true);
+fn available(this: &SslProtocol, py: Python<'_>, ssl: &bio::Ssl) -> PyResult<Option<usize>> {
+    if std::mem::take(&mut this.st.borrow_mut(py).plain_pending) {
+        return Ok(Some(READ_CHUNK));
     }
     let pending = ssl.incoming_pending(py)?;
-    Ok(this.st.borrow_mut(py).records.readable(pending))
+    Ok(match this.st.borrow_mut(py).records.available(pending) {
+        Available::Nothing => None,
+        Available::AtMost(n) => Some(n.max(1)),
+        Available::Unknown => Some(READ_CHUNK),
+    })
 }
 
+/// Everything decrypted goes to one `data_received()`.
 fn read_copied(slf: &Tls<'_>) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
     let Some(ssl) = this.ssl(py) else {
         return Ok(());
     };
-    let mut chunks: Vec<Bound<'_, PyBytes>> = Vec::new();
+    let mut parts: Vec<Bound<'_, PyBytes>> = Vec::new();
     let mut eof = false;
-    this.st.borrow_mut(py).plain_pending = false;
-    while readable(this, py, &ssl)? {
-        match ssl.read(py, MAX_SIZE) {
-            Ok(chunk) if chunk.as_bytes().is_empty() => {
+    let mut first = true;
+    while let Some(cap) = available(this, py, &ssl)? {
+        // Checked for the first read just now; for the next ones, once each is done.
+        let mut more = || -> PyResult<bool> {
+            if std::mem::take(&mut first) {
+                return Ok(true);
+            }
+            Ok(available(this, py, &ssl)?.is_some())
+        };
+        let (bytes, outcome) = ssl.read_bytes(py, cap, &mut more)?;
+        parts.extend(bytes);
+        match outcome {
+            Filled::Eof => {
                 eof = true;
                 break;
             }
-            Ok(chunk) => chunks.push(chunk),
-            Err(err) if bio::is_again(py, &err)? => break,
-            Err(err) => return Err(err),
+            Filled::Again | Filled::Drained => break,
+            // OpenSSL may hold the rest of a record.
+            Filled::Full => this.st.borrow_mut(py).plain_pending = true,
         }
+        first = true;
     }
-    // stats: TLS records decrypted (chunks.len())
-    let data = match chunks.len() {
+    // stats: TLS application bytes read
+    let data = match parts.len() {
         0 => None,
-        1 => chunks.pop().map(Bound::into_any),
+        1 => parts.pop().map(Bound::into_any),
         _ => {
             let join = pyapi::cached_attr(py, &JOIN, "builtins", "bytes")?.getattr("join")?;
-            Some(join.call1((PyBytes::new(py, b""), chunks))?)
+            Some(join.call1((PyBytes::new(py, b""), parts))?)
         }
     };
     if let Some(data) = data {
@@ -812,10 +827,9 @@ fn read_buffered(slf: &Tls<'_>) -> PyResult<()> {
     let Some(ssl) = this.ssl(py) else {
         return Ok(());
     };
-    if !readable(this, py, &ssl)? {
+    if available(this, py, &ssl)?.is_none() {
         return Ok(());
     }
-    this.st.borrow_mut(py).plain_pending = false;
     let Some(protocol) = this.app_protocol(py) else {
         return Ok(());
     };
@@ -832,7 +846,7 @@ fn read_buffered(slf: &Tls<'_>) -> PyResult<()> {
         offset = count;
         let view = PyMemoryView::from(&buf)?;
         while offset < wants {
-            if !readable(this, py, &ssl)? {
+            if available(this, py, &ssl)?.is_none() {
                 return Ok(());
             }
             let rest = view.get_item(PySlice::new(py, offset as isize, isize::MAX, 1))?;
