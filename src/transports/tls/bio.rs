@@ -28,6 +28,7 @@ const MAX_RECORD_BODY: usize = 16384 + 256;
 static WANT_READ: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SYSCALL_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SSL_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ZERO_RETURN: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SSL_OBJECT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static INPUT: PyOnceLock<Py<InputBuf>> = PyOnceLock::new();
 static WINDOW: PyOnceLock<Py<Window>> = PyOnceLock::new();
@@ -48,6 +49,13 @@ pub(crate) fn is_again(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
     let syscall = pyapi::cached_attr(py, &SYSCALL_ERROR, "ssl", "SSLSyscallError")?;
     let value = err.value(py);
     Ok(value.is_instance(&want)? || value.is_instance(&syscall)?)
+}
+
+/// `SSLZeroReturnError`: a read after the peer's close_notify once ours is sent too
+/// (before, the read returns empty).
+fn is_zero_return(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
+    let cls = pyapi::cached_attr(py, &ZERO_RETURN, "ssl", "SSLZeroReturnError")?;
+    err.value(py).is_instance(&cls)
 }
 
 pub(crate) fn is_ssl_error(py: Python<'_>, err: &PyErr) -> PyResult<bool> {
@@ -217,6 +225,8 @@ pub(crate) enum Filled {
     Again,
     /// The bytes object is full: OpenSSL may hold more.
     Full,
+    /// Another whole record is there (a subclass's read() takes one at a time).
+    More,
     /// No whole record is left.
     Drained,
 }
@@ -393,10 +403,17 @@ impl Ssl {
             return match self.read(py, cap) {
                 Ok(b) if b.as_bytes().is_empty() => Ok((None, Filled::Eof)),
                 Ok(b) => {
-                    let full = b.as_bytes().len() >= cap;
-                    Ok((Some(b), if full { Filled::Full } else { Filled::Drained }))
+                    let outcome = if b.as_bytes().len() >= cap {
+                        Filled::Full
+                    } else if more()? {
+                        Filled::More
+                    } else {
+                        Filled::Drained
+                    };
+                    Ok((Some(b), outcome))
                 }
                 Err(err) if is_again(py, &err)? => Ok((None, Filled::Again)),
+                Err(err) if is_zero_return(py, &err)? => Ok((None, Filled::Eof)),
                 Err(err) => Err(err),
             };
         }
@@ -431,10 +448,11 @@ impl Ssl {
             match r.and_then(|n| n.extract::<usize>()) {
                 Ok(0) => break Ok(Filled::Eof),
                 Ok(n) => filled += n.min(cap - filled),
-                Err(err) => match is_again(py, &err) {
-                    Ok(true) => break Ok(Filled::Again),
-                    Ok(false) => break Err(err),
-                    Err(e) => break Err(e),
+                Err(err) => match (is_again(py, &err), is_zero_return(py, &err)) {
+                    (Ok(true), _) => break Ok(Filled::Again),
+                    (_, Ok(true)) => break Ok(Filled::Eof),
+                    (Err(e), _) | (_, Err(e)) => break Err(e),
+                    _ => break Err(err),
                 },
             }
         };

@@ -423,7 +423,13 @@ fn on_handshake_complete(slf: &Tls<'_>, handshake_exc: Option<PyErr>) -> PyResul
         }
     }
     wakeup_waiter(this, py, None)?;
-    do_read(slf)
+    // uvloop's order (test_first_data_after_wakeup), not asyncio's immediate read: the
+    // first data (which may have come with the handshake's last flight) is read once the
+    // waiter's callbacks have run, so that the code awaiting start_tls() has the new
+    // transport before its protocol gets data.
+    let read = slf.getattr(pyo3::intern!(py, "_do_read"))?;
+    this.call_soon(py, &read, &PyTuple::empty(py))?;
+    Ok(())
 }
 
 // -- shutdown --------------------------------------------------------------------------
@@ -488,7 +494,8 @@ pub(super) fn do_shutdown(slf: &Tls<'_>) -> PyResult<()> {
     let result = if this.st.borrow(py).eof_received {
         Ok(())
     } else {
-        ssl.obj.bind(py).call_method0("unwrap").map(drop)
+        discard_incoming(this, py, &ssl)
+            .and_then(|()| ssl.obj.bind(py).call_method0("unwrap").map(drop))
     };
     match result {
         Ok(()) => {
@@ -500,6 +507,28 @@ pub(super) fn do_shutdown(slf: &Tls<'_>) -> PyResult<()> {
         Err(err) if bio::is_ssl_error(py, &err)? => on_shutdown_complete(slf, Some(err)),
         Err(err) => Err(err),
     }
+}
+
+/// uvloop's fix of bpo-39951 (asyncio still has the bug): application data that comes
+/// after the application closed the transport is read and dropped before `unwrap()`,
+/// which would otherwise fail with "application data after close notify".
+fn discard_incoming(this: &SslProtocol, py: Python<'_>, ssl: &bio::Ssl) -> PyResult<()> {
+    let mut first = true;
+    while let Some(cap) = available(this, py, ssl)? {
+        let mut more = || -> PyResult<bool> {
+            if std::mem::take(&mut first) {
+                return Ok(true);
+            }
+            Ok(available(this, py, ssl)?.is_some())
+        };
+        match ssl.read_bytes(py, cap, &mut more)?.1 {
+            Filled::Full => this.st.borrow_mut(py).plain_pending = true,
+            Filled::More => {}
+            _ => return Ok(()),
+        }
+        first = true;
+    }
+    Ok(())
 }
 
 fn on_shutdown_complete(slf: &Tls<'_>, exc: Option<PyErr>) -> PyResult<()> {
@@ -797,6 +826,7 @@ fn read_copied(slf: &Tls<'_>) -> PyResult<()> {
             Filled::Again | Filled::Drained => break,
             // OpenSSL may hold the rest of a record.
             Filled::Full => this.st.borrow_mut(py).plain_pending = true,
+            Filled::More => {}
         }
         first = true;
     }
