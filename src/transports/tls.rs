@@ -16,256 +16,31 @@
 
 mod app;
 mod bio;
+mod handshake;
 mod machine;
+mod read;
+mod shutdown;
+mod state;
+mod write;
 
 use std::collections::VecDeque;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyDict, PyTuple};
+use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::stream::StreamTransport;
 use crate::gil_cell::GilCell;
 use crate::loop_core::LoopCore;
-use crate::pyapi;
 pub(crate) use bio::InputBuf;
 use bio::{Records, Ssl};
 pub(crate) use machine::received;
-
-/// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
-const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
-/// asyncio's `constants.FLOW_CONTROL_HIGH_WATER_SSL_READ`/`_WRITE`, in KiB.
-const HIGH_WATER_READ_KB: usize = 256;
-const HIGH_WATER_WRITE_KB: usize = 512;
-
-/// asyncio's `SSLProtocolState`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Phase {
-    Unwrapped,
-    DoHandshake,
-    Wrapped,
-    Flushing,
-    Shutdown,
-}
-
-impl Phase {
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Unwrapped => "UNWRAPPED",
-            Phase::DoHandshake => "DO_HANDSHAKE",
-            Phase::Wrapped => "WRAPPED",
-            Phase::Flushing => "FLUSHING",
-            Phase::Shutdown => "SHUTDOWN",
-        }
-    }
-}
-
-/// asyncio's `AppProtocolState`: INIT -connection_made-> CON_MADE [-eof_received-> EOF]
-/// -connection_lost-> CON_LOST.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum AppState {
-    Init,
-    ConMade,
-    Eof,
-    ConLost,
-}
-
-/// A pair of water marks as given (returned by the getters) and as compared.
-struct Limits {
-    high: Py<PyAny>,
-    low: Py<PyAny>,
-    high_cmp: f64,
-    low_cmp: f64,
-}
-
-struct TlsState {
-    loop_: Option<Py<LoopCore>>,
-    ssl: Option<Ssl>,
-    sslcontext: Option<Py<PyAny>>,
-    /// `get_extra_info()`'s own keys (the rest come from the transport underneath).
-    extra: Option<Py<PyDict>>,
-    server_side: bool,
-    app_protocol: Option<Py<PyAny>>,
-    app_buffered: bool,
-    app_transport: Option<Py<PyAny>>,
-    app_transport_created: bool,
-    /// The application transport's `_closed`.
-    app_closed: bool,
-    /// The transport underneath, and its Rust core when it is ferroloop's stream transport.
-    transport: Option<Py<PyAny>>,
-    native: Option<Py<StreamTransport>>,
-    waiter: Option<Py<PyAny>>,
-    phase: Phase,
-    app_state: AppState,
-    conn_lost: u32,
-    /// Application data not yet taken by the TLS object, with each item's `len()`.
-    backlog: VecDeque<(Py<PyAny>, usize)>,
-    backlog_size: usize,
-    ssl_writing_paused: bool,
-    app_reading_paused: bool,
-    ssl_reading_paused: bool,
-    eof_received: bool,
-    app_writing_paused: bool,
-    incoming_limits: Limits,
-    outgoing_limits: Limits,
-    handshake_timeout: Py<PyAny>,
-    shutdown_timeout: Py<PyAny>,
-    handshake_timeout_handle: Option<Py<PyAny>>,
-    shutdown_timeout_handle: Option<Py<PyAny>>,
-    handshake_start: Option<f64>,
-    /// The context callbacks are scheduled in (3.15: the connection's); None: a copy of
-    /// the current one, as before 3.15.
-    context: Option<Py<PyAny>>,
-    records: Records,
-    /// Inside an event (`batch`): encrypted output waits in the outgoing BIO until it
-    /// ends, so that everything written meanwhile leaves in one send.
-    batching: bool,
-    /// Output is waiting in the outgoing BIO for the end of the event; counted as handed
-    /// to the transport underneath, where asyncio would have put it already.
-    deferred: bool,
-    /// A read filled the application's whole buffer: OpenSSL may hold decrypted bytes.
-    plain_pending: bool,
-    /// The buffer `get_buffer()` hands a transport that is not ferroloop's own.
-    read_buffer: Option<Py<PyByteArray>>,
-}
+use state::{flow_limits, is_buffered_protocol, TlsState, HIGH_WATER_READ_KB, HIGH_WATER_WRITE_KB};
+use state::{AppState, Phase, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 #[pyclass(name = "SSLProtocol", module = "ferroloop._core", frozen, weakref)]
 pub struct SslProtocol {
     st: GilCell<TlsState>,
-}
-
-static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let py = protocol.py();
-    let cls = pyapi::cached_attr(py, &BUFFERED_PROTOCOL, "asyncio", "BufferedProtocol")?;
-    // asyncio: a fast hasattr() check first, then the isinstance().
-    Ok(protocol.hasattr(pyo3::intern!(py, "get_buffer"))? && protocol.is_instance(&cls)?)
-}
-
-impl SslProtocol {
-    fn loop_of<'py>(&self, py: Python<'py>) -> Option<Bound<'py, LoopCore>> {
-        self.st
-            .borrow(py)
-            .loop_
-            .as_ref()
-            .map(|l| l.bind(py).clone())
-    }
-
-    fn ssl(&self, py: Python<'_>) -> Option<Ssl> {
-        self.st.borrow(py).ssl.as_ref().map(|s| s.clone_ref(py))
-    }
-
-    fn phase(&self, py: Python<'_>) -> Phase {
-        self.st.borrow(py).phase
-    }
-
-    fn app_protocol<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let st = self.st.borrow(py);
-        st.app_protocol.as_ref().map(|p| p.bind(py).clone())
-    }
-
-    fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let st = self.st.borrow(py);
-        st.transport.as_ref().map(|t| t.bind(py).clone())
-    }
-
-    fn debug(&self, py: Python<'_>) -> bool {
-        self.loop_of(py).is_some_and(|l| l.get().debug(py))
-    }
-
-    fn context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st.borrow(py).context.as_ref().map(|c| c.clone_ref(py))
-    }
-
-    /// `loop.call_soon(callback, *args)` in the connection's context.
-    fn call_soon(
-        &self,
-        py: Python<'_>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-    ) -> PyResult<Option<Py<PyAny>>> {
-        let Some(lp) = self.loop_of(py) else {
-            return Ok(None);
-        };
-        let context = self.context(py);
-        let handle =
-            LoopCore::call_soon(&lp, callback, args, context.as_ref().map(|c| c.bind(py)))?;
-        Ok(Some(handle.into_any()))
-    }
-
-    /// `loop.call_later(delay, callback)`, through the loop's Python method as asyncio
-    /// calls it.
-    fn call_later(
-        &self,
-        py: Python<'_>,
-        delay: &Py<PyAny>,
-        callback: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<Py<PyAny>>> {
-        let Some(lp) = self.loop_of(py) else {
-            return Ok(None);
-        };
-        let kwargs = PyDict::new(py);
-        if let Some(c) = self.context(py) {
-            kwargs.set_item("context", c)?;
-        }
-        let handle = lp.call_method("call_later", (delay, callback), Some(&kwargs))?;
-        Ok(Some(handle.unbind()))
-    }
-
-    fn set_app_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
-        let buffered = is_buffered_protocol(protocol)?;
-        let old = {
-            let mut st = self.st.borrow_mut(py);
-            st.app_buffered = buffered;
-            st.app_protocol.replace(protocol.clone().unbind())
-        };
-        drop(old);
-        Ok(())
-    }
-}
-
-/// The marks asyncio's `add_flowcontrol_defaults` computes, in Python's arithmetic.
-fn flow_limits(
-    py: Python<'_>,
-    high: Option<&Bound<'_, PyAny>>,
-    low: Option<&Bound<'_, PyAny>>,
-    kb: usize,
-) -> PyResult<Limits> {
-    let high = high.filter(|h| !h.is_none());
-    let low = low.filter(|l| !l.is_none());
-    let hi = match (high, low) {
-        (Some(h), _) => h.clone(),
-        (None, None) => pyo3::types::PyInt::new(py, kb * 1024).into_any(),
-        (None, Some(l)) => pyo3::types::PyInt::new(py, 4).into_any().mul(l)?,
-    };
-    let lo = match low {
-        Some(l) => l.clone(),
-        None => hi.floor_div(4)?,
-    };
-    // `if not hi >= lo >= 0:`
-    if !(hi.ge(&lo)? && lo.ge(0)?) {
-        return Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "high ({}) must be >= low ({}) must be >= 0",
-            crate::errors::repr(&hi),
-            crate::errors::repr(&lo)
-        )));
-    }
-    let as_f64 = |v: &Bound<'_, PyAny>| -> PyResult<f64> {
-        Ok(py
-            .get_type::<pyo3::types::PyFloat>()
-            .call1((v,))
-            .and_then(|f| f.extract::<f64>())
-            .unwrap_or(f64::INFINITY))
-    };
-    Ok(Limits {
-        high_cmp: as_f64(&hi)?,
-        low_cmp: as_f64(&lo)?,
-        high: hi.unbind(),
-        low: lo.unbind(),
-    })
 }
 
 #[pymethods]
@@ -402,29 +177,29 @@ impl SslProtocol {
 
     fn resume_writing(slf: &Bound<'_, Self>) -> PyResult<()> {
         slf.get().st.borrow_mut(slf.py()).ssl_writing_paused = false;
-        machine::process_outgoing(slf)
+        write::process_outgoing(slf)
     }
 
     // -- callbacks the loop runs ----------------------------------------------------
 
     fn _check_handshake_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
-        machine::check_handshake_timeout(slf)
+        handshake::check_handshake_timeout(slf)
     }
 
     fn _check_shutdown_timeout(slf: &Bound<'_, Self>) -> PyResult<()> {
-        machine::check_shutdown_timeout(slf)
+        shutdown::check_shutdown_timeout(slf)
     }
 
     fn _do_read(slf: &Bound<'_, Self>) -> PyResult<()> {
-        machine::batch(slf, || machine::do_read(slf))
+        write::batch(slf, || read::do_read(slf))
     }
 
     /// `resume_reading()`'s deferred step.
     fn _resume(slf: &Bound<'_, Self>) -> PyResult<()> {
-        machine::batch(slf, || match slf.get().phase(slf.py()) {
-            Phase::Wrapped => machine::do_read(slf),
-            Phase::Flushing => machine::do_flush(slf),
-            Phase::Shutdown => machine::do_shutdown(slf),
+        write::batch(slf, || match slf.get().phase(slf.py()) {
+            Phase::Wrapped => read::do_read(slf),
+            Phase::Flushing => shutdown::do_flush(slf),
+            Phase::Shutdown => shutdown::do_shutdown(slf),
             _ => Ok(()),
         })
     }
@@ -490,7 +265,7 @@ impl SslProtocol {
             limits,
         );
         drop(old);
-        machine::control_app_writing(slf, None)
+        write::control_app_writing(slf, None)
     }
 
     #[pyo3(signature = (high=None, low=None))]
@@ -505,7 +280,7 @@ impl SslProtocol {
             limits,
         );
         drop(old);
-        machine::control_ssl_reading(slf)
+        read::control_ssl_reading(slf)
     }
 
     fn _get_write_buffer_limits(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
@@ -521,7 +296,7 @@ impl SslProtocol {
     }
 
     fn _get_write_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {
-        machine::write_buffer_size(self, py)
+        write::write_buffer_size(self, py)
     }
 
     fn _get_read_buffer_size(&self, py: Python<'_>) -> PyResult<usize> {

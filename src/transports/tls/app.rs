@@ -5,7 +5,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView, PyTuple};
 
-use super::machine;
+use super::{machine, shutdown, write};
 use super::{Phase, SslProtocol};
 use crate::transports::stream::StreamTransport;
 
@@ -28,7 +28,7 @@ pub(super) fn write(slf: &Tls<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         return Ok(());
     }
     let this = slf.get();
-    if machine::write_refused(this, py)? {
+    if write::write_refused(this, py)? {
         return Ok(());
     }
     let len = data.len()?;
@@ -38,7 +38,7 @@ pub(super) fn write(slf: &Tls<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     };
     if !direct {
         queue(this, py, data, len);
-        return machine::write_backlog(slf);
+        return write::write_backlog(slf);
     }
     let Some(ssl) = this.ssl(py) else {
         return Ok(());
@@ -50,7 +50,7 @@ pub(super) fn write(slf: &Tls<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
             // Never with a memory BIO and no partial writes, but as asyncio: the rest
             // waits in the backlog.
             queue(this, py, data, len);
-            return machine::write_backlog(slf);
+            return write::write_backlog(slf);
         }
         Err(err) if super::bio::is_again(py, &err)? => {
             queue(this, py, data, len);
@@ -58,7 +58,7 @@ pub(super) fn write(slf: &Tls<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         }
         Err(err) => Err(err),
     }
-    .and_then(|()| machine::process_outgoing(slf));
+    .and_then(|()| write::process_outgoing(slf));
     match result {
         Err(err) if err.is_instance_of::<pyo3::exceptions::PyException>(py) => {
             machine::fatal_error(slf, err, "Fatal error on SSL protocol")
@@ -78,7 +78,7 @@ fn queue(this: &SslProtocol, py: Python<'_>, data: &Bound<'_, PyAny>, len: usize
 pub(super) fn write_appdata(slf: &Tls<'_>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
-    if machine::write_refused(this, py)? {
+    if write::write_refused(this, py)? {
         return Ok(());
     }
     for item in list_of_data.try_iter()? {
@@ -86,7 +86,7 @@ pub(super) fn write_appdata(slf: &Tls<'_>, list_of_data: &Bound<'_, PyAny>) -> P
         let len = item.len()?;
         queue(this, py, &item, len);
     }
-    machine::write_backlog(slf)
+    write::write_backlog(slf)
 }
 
 /// asyncio 3.14.10's `is_closing()`: closed here, or closing underneath.
@@ -113,7 +113,7 @@ pub(super) fn close(slf: &Tls<'_>) -> PyResult<()> {
     let py = slf.py();
     let first = !std::mem::replace(&mut slf.get().st.borrow_mut(py).app_closed, true);
     if first {
-        machine::batch(slf, || machine::start_shutdown(slf))?;
+        write::batch(slf, || shutdown::start_shutdown(slf))?;
     }
     Ok(())
 }
@@ -121,7 +121,7 @@ pub(super) fn close(slf: &Tls<'_>) -> PyResult<()> {
 /// `abort()` and `_force_close(exc)`.
 pub(super) fn force_close(slf: &Tls<'_>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
     slf.get().st.borrow_mut(slf.py()).app_closed = true;
-    machine::abort(slf, exc.filter(|e| !e.is_none()))
+    shutdown::abort(slf, exc.filter(|e| !e.is_none()))
 }
 
 pub(super) fn resume_reading(slf: &Tls<'_>) -> PyResult<()> {
