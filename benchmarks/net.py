@@ -52,6 +52,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import net_tls  # noqa: E402  (the TLS rows)
 import run as micro  # noqa: E402  (machine info, loop availability, table rendering)
 
 SERVER = HERE / "net_server.py"
@@ -62,6 +63,7 @@ APIS = [
     ("streams", "streams"),
     ("sock", "sock_*"),
     ("buffered", "BufferedProtocol"),
+    *net_tls.APIS,
 ]
 SIZES = [1024, 10 * 1024, 100 * 1024]
 # Peers run when installed (rsloop is built by hand; blazio, talyn, loopmini have wheels
@@ -187,7 +189,7 @@ def run_echo(kind: str, api: str, sizes: list[int], args: argparse.Namespace) ->
     p, err, port, pid = started
     out: dict[int, Any] = {}
     cmd = [
-        *args.client_cmd, "--port", str(port), "--server-pid", str(pid),
+        *net_tls.client_cmd(api, args), "--port", str(port), "--server-pid", str(pid),
         "--sizes", ",".join(map(str, sizes)), "--conns", str(args.conns),
         "--warmup", str(args.warmup), "--duration", str(args.duration),
         "--stall", str(args.stall),

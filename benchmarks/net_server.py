@@ -1,6 +1,7 @@
 """An echo server on one loop: `python benchmarks/net_server.py LOOP API`.
 
-API is one of `protocol`, `streams`, `sock`, `buffered`. The server listens on
+API is one of `protocol`, `streams`, `sock`, `buffered`, and `tls-protocol`, `tls-streams`
+(the first two with `ssl=`: benchmarks/net_tls.py). The server listens on
 127.0.0.1 on a port of the kernel's choosing, prints one line `READY <port> <pid>` on
 stdout once it accepts connections, and serves until it is killed (`net.py` kills it
 once its load generator has finished). Every connection is a plain echo: every byte
@@ -31,6 +32,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import net_tls  # noqa: E402
 from worker import make_loop  # noqa: E402
 
 READ_SIZE = 256 * 1024  # what asyncio's selector transports read per recv
@@ -109,12 +111,17 @@ def ready(port: int) -> None:
 
 
 async def main(loop: asyncio.AbstractEventLoop, api: str) -> None:
+    tls = None
+    if api.startswith("tls-"):  # the TLS rows (net_tls.py): the same servers with ssl=
+        api, tls = api[4:], net_tls.server_context()
     if api == "protocol":
-        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, backlog=128)
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0, backlog=128, ssl=tls)
     elif api == "buffered":
         server = await loop.create_server(EchoBufferedProtocol, "127.0.0.1", 0, backlog=128)
     elif api == "streams":
-        server = await asyncio.start_server(streams_handler, "127.0.0.1", 0, backlog=128)
+        server = await asyncio.start_server(
+            streams_handler, "127.0.0.1", 0, backlog=128, ssl=tls
+        )
     elif api == "sock":
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -31,6 +31,7 @@ from ._datagram import DatagramTransport
 from ._network import bind_network_methods
 from ._signals import SignalHandlers
 from ._subprocess import ChildWatching
+from ._tls import make_ssl_transport, start_tls
 from ._transports import SocketTransport
 
 _AI_NUMERICHOST = int(socket.AI_NUMERICHOST)
@@ -112,6 +113,9 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
     set_debug = _Base.set_debug
     getnameinfo = _Base.getnameinfo
     _getaddrinfo_debug = _Base._getaddrinfo_debug
+    # TLS is ferroloop's own (_tls.py over the Rust TLS layer).
+    _make_ssl_transport = make_ssl_transport
+    start_tls = start_tls
 
     if TYPE_CHECKING:
         # Bound from asyncio's selector loop by bind_network_methods().

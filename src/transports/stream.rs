@@ -25,8 +25,10 @@ use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
 use crate::pyapi;
 use crate::syscalls;
+use crate::transports::tls::SslProtocol;
 
 mod flow;
+mod tls_read;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -44,6 +46,8 @@ struct StreamState {
     owner: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
     buffered: bool,
+    /// The protocol is ferroloop's TLS layer, which is handed each read natively.
+    tls: Option<Py<SslProtocol>>,
     protocol_connected: bool,
     /// Pending output; `head` bytes at its front are already sent.
     wbuf: Vec<u8>,
@@ -106,6 +110,13 @@ fn kind_of(fd: RawFd) -> TransportKind {
 }
 
 static BUFFERED_PROTOCOL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn tls_of(protocol: &Bound<'_, PyAny>) -> Option<Py<SslProtocol>> {
+    protocol
+        .cast::<SslProtocol>()
+        .ok()
+        .map(|t| t.clone().unbind())
+}
 
 fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = protocol.py();
@@ -539,6 +550,16 @@ impl StreamTransport {
         Ok(())
     }
 
+    /// `write(data)` for ferroloop's TLS layer above, which hands over its records.
+    pub(crate) fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyBytes>) -> PyResult<()> {
+        Self::send_or_buffer(slf, &[Data::Bytes(data.clone())])
+    }
+
+    /// `is_closing()`, for the TLS layer above.
+    pub(crate) fn closing(&self, py: Python<'_>) -> bool {
+        self.st.borrow(py).closing
+    }
+
     fn is_reading_now(&self, py: Python<'_>) -> bool {
         let st = self.st.borrow(py);
         !st.closing && !st.paused
@@ -568,6 +589,7 @@ impl StreamTransport {
                 sock: Some(sock.clone().unbind()),
                 owner: Some(owner.clone().unbind()),
                 buffered: is_buffered_protocol(protocol)?,
+                tls: tls_of(protocol),
                 protocol: Some(protocol.clone().unbind()),
                 protocol_connected: true,
                 wbuf: Vec::new(),
@@ -596,14 +618,20 @@ impl StreamTransport {
 
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (lost, buffered) = {
+        let (lost, buffered, tls) = {
             let st = slf.get().st.borrow(py);
-            (st.conn_lost > 0, st.buffered)
+            (
+                st.conn_lost > 0,
+                st.buffered,
+                st.tls.as_ref().map(|t| t.clone_ref(py)),
+            )
         };
         if lost {
             return Ok(());
         }
-        if buffered {
+        if let Some(tls) = tls {
+            Self::read_tls(slf, tls.bind(py))
+        } else if buffered {
             Self::read_get_buffer(slf)
         } else {
             Self::read_data_received(slf)
@@ -787,7 +815,7 @@ impl StreamTransport {
                 st.sock.take(),
                 st.owner.take(),
                 st.empty_waiter.take(),
-                st.protocol.take(),
+                (st.protocol.take(), st.tls.take()),
                 st.loop_.take(),
             )
         };
@@ -848,11 +876,13 @@ impl StreamTransport {
 
     fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
         let buffered = is_buffered_protocol(protocol)?;
+        let tls = tls_of(protocol);
         let old = {
             let mut st = self.st.borrow_mut(py);
             st.buffered = buffered;
+            let old_tls = std::mem::replace(&mut st.tls, tls);
             st.protocol_connected = true;
-            st.protocol.replace(protocol.clone().unbind())
+            (st.protocol.replace(protocol.clone().unbind()), old_tls)
         };
         drop(old);
         Ok(())
@@ -963,6 +993,9 @@ impl StreamTransport {
         if let Some(l) = &st.loop_ {
             visit.call(l)?;
         }
+        if let Some(t) = &st.tls {
+            visit.call(t)?;
+        }
         Ok(())
     }
 
@@ -972,7 +1005,7 @@ impl StreamTransport {
                 let mut st = self.st.borrow_mut(py);
                 (
                     st.owner.take(),
-                    st.protocol.take(),
+                    (st.protocol.take(), st.tls.take()),
                     st.empty_waiter.take(),
                     st.loop_.take(),
                     st.context.take(),
