@@ -1,5 +1,6 @@
-//! The raw socket system calls under the socket calls (`sock_ops.rs`) and the stream
-//! transport: reads into new bytes objects or callers' buffers, and sends.
+//! The raw system calls under the socket calls (`sock_ops.rs`) and the transports: reads
+//! of sockets and pipes into new bytes objects or callers' buffers, sends and writes, and
+//! the datagram calls (recvfrom, recvmmsg, sendto).
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
@@ -48,6 +49,45 @@ pub(crate) fn recv_bytes(
     fd: RawFd,
     n: usize,
 ) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
+    read_new_bytes(py, fd, n, Source::Socket)
+}
+
+/// `read(fd, at most n)` into a new bytes object (a pipe, FIFO or character device), as
+/// `recv_bytes` reads a socket: `Ok(None)` when it would block or was interrupted.
+pub(crate) fn read_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
+    read_new_bytes(py, fd, n, Source::File)
+}
+
+/// What an fd is read with: recv(2) for sockets, read(2) for anything else.
+#[derive(Clone, Copy)]
+enum Source {
+    Socket,
+    File,
+}
+
+/// One read of at most `len` bytes to `ptr`.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+unsafe fn raw_read(fd: RawFd, ptr: *mut u8, len: usize, source: Source) -> isize {
+    match source {
+        // SAFETY: the caller guarantees `len` writable bytes at `ptr`.
+        Source::Socket => unsafe { libc::recv(fd, ptr.cast(), len, 0) },
+        // SAFETY: as above.
+        Source::File => unsafe { libc::read(fd, ptr.cast(), len) },
+    }
+}
+
+fn read_new_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+    source: Source,
+) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
     let queued = if (n >= BIG_READ && LAST_READ_BIG.get()) || n > READ_BUF_SIZE {
         let mut avail: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int to the pointer we pass.
@@ -58,18 +98,18 @@ pub(crate) fn recv_bytes(
     };
     let got = match queued {
         Some(avail) if avail >= BIG_READ && avail.min(n) <= DIRECT_MAX => {
-            recv_direct(py, fd, avail.min(n))?
+            recv_direct(py, fd, avail.min(n), source)?
         }
         // More than the shared buffer holds (FIONREAD gives a datagram's whole size, so
         // none is cut short): into a bytes object of that size, as socket.recv would.
         Some(avail) if avail > READ_BUF_SIZE && n > READ_BUF_SIZE => {
-            recv_direct(py, fd, avail.min(n))?
+            recv_direct(py, fd, avail.min(n), source)?
         }
         _ => READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let cap = n.min(buf.len());
             // SAFETY: `buf` is a live, writable allocation of at least `cap` bytes.
-            let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), cap, 0) };
+            let r = unsafe { raw_read(fd, buf.as_mut_ptr(), cap, source) };
             match usize::try_from(r) {
                 Ok(k) => Ok(Some(PyBytes::new(py, &buf[..k]))),
                 Err(_) => Err(Errno::last()),
@@ -91,6 +131,7 @@ fn recv_direct(
     py: Python<'_>,
     fd: RawFd,
     n: usize,
+    source: Source,
 ) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
     let len =
         ffi::Py_ssize_t::try_from(n).map_err(|_| PyValueError::new_err("buffer size too large"))?;
@@ -102,7 +143,7 @@ fn recv_direct(
     }
     // SAFETY: `obj` is a fresh bytes object of `len` bytes that nothing else references
     // yet; the kernel writes at most `n` bytes into it.
-    let r = unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) };
+    let r = unsafe { raw_read(fd, ffi::PyBytes_AsString(obj).cast(), n, source) };
     let Ok(k) = usize::try_from(r) else {
         let err = Errno::last();
         // SAFETY: we own the only reference.
@@ -147,6 +188,20 @@ pub(crate) fn send_native(fd: RawFd, data: &[u8]) -> PyResult<usize> {
         Err(_) => match Errno::last() {
             Errno::EAGAIN | Errno::EINTR => Ok(0),
             e => Err(os_error(e)),
+        },
+    }
+}
+
+/// write(2) of `data` (a pipe, FIFO or character device): `Ok(0)` when it would block or
+/// was interrupted, as asyncio's pipe transport takes BlockingIOError and InterruptedError.
+pub(crate) fn write_native(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: `data` is a readable slice of `data.len()` bytes.
+    let r = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    match usize::try_from(r) {
+        Ok(n) => Ok(n),
+        Err(_) => match Errno::last() {
+            Errno::EAGAIN | Errno::EINTR => Ok(0),
+            e => Err(e),
         },
     }
 }
