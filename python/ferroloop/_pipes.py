@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import warnings
 from asyncio import futures, transports
 from typing import Any
 
 from . import _core
+
+# Bound per instance, straight to the Rust core.
+_READ_DIRECT = ("is_closing", "is_reading") if sys.version_info >= (3, 11) else ("is_closing",)
 
 
 def _check_file(pipe: Any, message: str) -> tuple[int, int]:
@@ -82,7 +86,7 @@ class ReadPipeTransport(transports.ReadTransport):
         self._fileno = fileno
         core = _core.ReadPipeTransportCore(loop, pipe, protocol, self, context)
         self._core = core
-        for name in ("is_closing", "is_reading"):
+        for name in _READ_DIRECT:
             setattr(self, name, getattr(core, name))
         loop.call_soon(protocol.connection_made, self, context=context)
         # only start reading when connection_made() has been called
@@ -137,8 +141,12 @@ class ReadPipeTransport(transports.ReadTransport):
     def resume_reading(self) -> None:
         self._core.resume_reading()
 
-    def is_reading(self) -> bool:
-        return self._core.is_reading()  # type: ignore[no-any-return]
+    if sys.version_info >= (3, 11):
+        # asyncio 3.10's read pipe has no is_reading() (ReadTransport's
+        # NotImplementedError).
+
+        def is_reading(self) -> bool:
+            return self._core.is_reading()  # type: ignore[no-any-return]
 
     def set_protocol(self, protocol: Any) -> None:
         self._core.set_protocol(protocol)

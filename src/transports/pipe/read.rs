@@ -12,6 +12,7 @@ use crate::errors::{self, os_error};
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
+use crate::pyapi;
 use crate::syscalls;
 use crate::transports::base::{self, clone_opt, Links};
 
@@ -170,8 +171,17 @@ impl ReadPipeTransport {
 
     /// Starts watching the pipe (scheduled after `connection_made`, as asyncio's
     /// `_add_reader`: nothing if reading was paused or the transport closed meanwhile).
+    /// asyncio 3.10 adds the reader even if `connection_made` paused reading (3.11 made
+    /// it check); so do we there, though not for a transport already closing, whose pipe
+    /// is about to be closed.
     fn _start_reading(slf: &Bound<'_, Self>) -> PyResult<()> {
-        if slf.get().is_reading_now(slf.py()) {
+        let py = slf.py();
+        let start = if pyapi::version(py) < (3, 11, 0) {
+            !slf.get().st.borrow(py).closing
+        } else {
+            slf.get().is_reading_now(py)
+        };
+        if start {
             Self::watch(slf)?;
         }
         Ok(())
