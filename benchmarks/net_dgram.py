@@ -203,7 +203,10 @@ def main() -> None:
     only = set(args.only.split(","))
     cpus = sorted(os.sched_getaffinity(0))
     if not args.no_pin and len(cpus) >= 2:
+        # Servers on one CPU, the load (the C generator, this process's pipe feeder and
+        # reader) on another, as benchmarks/net.py places them.
         net.PIN = ({cpus[0]}, {cpus[1]}, set(cpus[1:]))
+        os.sched_setaffinity(0, net.PIN[1])
     loops, missing = [], {}
     for kind in args.loops.split(","):
         why = micro.loop_available(kind)

@@ -12,14 +12,18 @@ import socket
 import sys
 import tempfile
 import weakref
+from asyncio import selector_events
 from typing import Any
 
 import pytest
-from helpers import LOCAL, Errors, run
+from helpers import LOCAL, Errors, asyncio_bug, run
 
 pytestmark = pytest.mark.timeout(60)
 
 PY313 = sys.version_info >= (3, 13)
+# asyncio 3.13 before gh-135444's fix (which added the `_header_size` attribute) counts 8
+# bytes per buffered datagram in and none out: the write buffer size never returns to 0.
+COUNT_LEAKS = PY313 and not hasattr(selector_events._SelectorDatagramTransport, "_header_size")
 needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio 3.10's datagram "
                                "transport cannot pause reading")  # fmt: skip
 
@@ -254,6 +258,11 @@ async def _recvfrom(loop: Any, sock: socket.socket) -> tuple[bytes, Any]:
         loop.remove_reader(sock)
 
 
+def _count_leaks(f: Any) -> Any:
+    return asyncio_bug("gh-135444: the buffer size counts a header in, none out")(f)
+
+
+@(_count_leaks if COUNT_LEAKS else pytest.mark.usefixtures())
 def test_send_storm_fills_the_socket_buffer(loop):
     """A Unix datagram endpoint whose peer does not read: sendto() buffers once the kernel
     refuses more (EAGAIN), pause_writing() past the high mark, resume_writing() once the
@@ -269,30 +278,37 @@ def test_send_storm_fills_the_socket_buffer(loop):
                 Client, local_addr=os.path.join(d, "src"), remote_addr=sink_path,
                 family=socket.AF_UNIX,
             )  # fmt: skip
-            client.set_write_buffer_limits(high=64 * 1024)
-            sent = 0
-            while proto.pauses == 0:
-                client.sendto(message(sent, 1024))
-                sent += 1
-                assert sent < 100_000, "the socket buffer never filled"
-            assert client.get_write_buffer_size() > 64 * 1024
-            for _ in range(50):  # more while paused: buffered
-                client.sendto(message(sent, 1024))
-                sent += 1
-            got = []
-            while len(got) < sent:
-                try:
-                    got.append(sink.recv(2048))
-                except BlockingIOError:
-                    await asyncio.sleep(0.001)
-            assert got == [message(i, 1024) for i in range(sent)]
-            await proto.resumed.wait()
-            assert proto.resumes == proto.pauses == 1
-            assert client.get_write_buffer_size() == 0
-            await close(client)
-            sink.close()
+            try:
+                await _storm(client, proto, sink)
+            finally:
+                sink.close()
+                client.abort()
+                await proto.lost
 
     run(loop, main())
+
+
+async def _storm(client: Any, proto: Client, sink: socket.socket) -> None:
+    client.set_write_buffer_limits(high=64 * 1024)
+    sent = 0
+    while proto.pauses == 0:
+        client.sendto(message(sent, 1024))
+        sent += 1
+        assert sent < 100_000, "the socket buffer never filled"
+    assert client.get_write_buffer_size() > 64 * 1024
+    for _ in range(50):  # more while paused: buffered
+        client.sendto(message(sent, 1024))
+        sent += 1
+    got = []
+    while len(got) < sent:
+        try:
+            got.append(sink.recv(2048))
+        except BlockingIOError:
+            await asyncio.sleep(0.001)
+    assert got == [message(i, 1024) for i in range(sent)]
+    await proto.resumed.wait()
+    assert proto.resumes == proto.pauses == 1
+    assert client.get_write_buffer_size() == 0
 
 
 def test_many_endpoints_are_released(loop):

@@ -42,9 +42,6 @@ struct DatagramState {
     /// The remote address given at creation (`remote_addr=`), to which `sendto(data)`
     /// sends and which `sendto(data, addr)` must match.
     address: Option<Py<PyAny>>,
-    /// Whether sends are `send()`s: asyncio's `self._extra['peername']` is true (or the
-    /// socket is connected to an unnamed Unix socket, whose peer name is `''`).
-    connected: bool,
     /// Buffered datagrams and their destinations (None when connected), and asyncio's
     /// count of them: their bytes plus, from 3.13, 8 per datagram.
     buffer: VecDeque<(Py<PyBytes>, Py<PyAny>)>,
@@ -78,6 +75,9 @@ pub(crate) struct DatagramTransport {
     header: usize,
     /// asyncio 3.13+ sends empty datagrams (gh-113812); before, `sendto(b'')` is ignored.
     sends_empty: bool,
+    /// Whether sends are `send()`s: asyncio's `self._extra['peername']` is true (or the
+    /// socket is connected to an unnamed Unix socket, whose peer name is `''`).
+    connected: bool,
     st: GilCell<DatagramState>,
 }
 
@@ -254,10 +254,10 @@ impl DatagramTransport {
             native,
             header: if py.version_info() >= (3, 13) { 8 } else { 0 },
             sends_empty: py.version_info() >= (3, 13),
+            connected,
             st: GilCell::new(DatagramState {
                 links: Links::new(lp, sock, owner, protocol, context),
                 address: (!address.is_none()).then(|| address.clone().unbind()),
-                connected,
                 buffer: VecDeque::new(),
                 buffer_size: 0,
                 conn_lost: 0,

@@ -74,24 +74,27 @@ impl DatagramTransport {
         data: &Bound<'_, PyAny>,
         to: &Bound<'_, PyAny>,
     ) -> PyResult<Sent> {
-        let connected = self.st.borrow(py).connected;
+        let connected = self.connected;
         if self.native {
-            if let Some(view) = contiguous(data)? {
-                let bytes = pyapi::buffer_bytes(&view);
-                if connected {
-                    // stats: datagram write (`bytes.len()` bytes)
-                    return Ok(match syscalls::sendto_raw(self.fd, bytes, None) {
-                        Ok(_) => Sent::Done,
-                        Err(e) => Sent::from_errno(e),
-                    });
-                }
-                if let Some(sa) = self.destination(py, to) {
-                    // stats: datagram write (`bytes.len()` bytes)
-                    return Ok(match syscalls::sendto_raw(self.fd, bytes, Some(&sa)) {
-                        Ok(_) => Sent::Done,
-                        Err(e) => Sent::from_errno(e),
-                    });
-                }
+            let send = |bytes: &[u8]| -> Option<Sent> {
+                let dest = if connected {
+                    None
+                } else {
+                    Some(self.destination(py, to)?)
+                };
+                // stats: datagram write (`bytes.len()` bytes)
+                Some(match syscalls::sendto_raw(self.fd, bytes, dest.as_ref()) {
+                    Ok(_) => Sent::Done,
+                    Err(e) => Sent::from_errno(e),
+                })
+            };
+            let sent = if let Ok(b) = data.cast::<PyBytes>() {
+                send(b.as_bytes())
+            } else {
+                contiguous(data)?.and_then(|view| send(pyapi::buffer_bytes(&view)))
+            };
+            if let Some(sent) = sent {
+                return Ok(sent);
             }
         }
         let Some(sock) = self.sock(py) else {
