@@ -54,12 +54,35 @@ pub(crate) fn recv_bytes(
 
 /// `read(fd, at most n)` into a new bytes object (a pipe, FIFO or character device), as
 /// `recv_bytes` reads a socket: `Ok(None)` when it would block or was interrupted.
+/// `capacity`: a pipe's (F_GETPIPE_SZ), which no read exceeds: after a big read, the next
+/// goes straight into a bytes object of that size, with no FIONREAD call first.
 pub(crate) fn read_bytes(
     py: Python<'_>,
     fd: RawFd,
     n: usize,
+    capacity: Option<usize>,
 ) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
-    read_new_bytes(py, fd, n, Source::File)
+    match capacity {
+        Some(cap) if n >= BIG_READ && cap <= DIRECT_MAX && LAST_READ_BIG.get() => {
+            let got = match recv_direct(py, fd, cap.min(n), Source::File)? {
+                Ok(b) => b,
+                Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Ok(None)),
+                Err(e) => return Ok(Err(e)),
+            };
+            if let Some(b) = &got {
+                LAST_READ_BIG.set(b.as_bytes().len() >= BIG_READ);
+            }
+            Ok(Ok(got))
+        }
+        _ => read_new_bytes(py, fd, n, Source::File),
+    }
+}
+
+/// A pipe's capacity (F_GETPIPE_SZ); None for anything else (a pty, a socket).
+pub(crate) fn pipe_capacity(fd: RawFd) -> Option<usize> {
+    // SAFETY: F_GETPIPE_SZ takes no argument and only reads the fd's state.
+    let r = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+    usize::try_from(r).ok().filter(|&n| n > 0)
 }
 
 /// What an fd is read with: recv(2) for sockets, read(2) for anything else.

@@ -226,6 +226,7 @@ impl DatagramTransport {
         let Some(sock) = self.sock(py) else {
             return Ok(Got::None);
         };
+        // stats: datagram read through the socket's own recvfrom() (the datagram's bytes)
         match sock.bind(py).call_method1("recvfrom", (MAX_READ,)) {
             Ok(pair) => {
                 let pair = pair.cast_into::<PyTuple>()?;

@@ -101,6 +101,7 @@ impl DatagramTransport {
             return Ok(Sent::Done);
         };
         let sock = sock.bind(py);
+        // stats: datagram write through the socket's own send()/sendto() (`data`'s bytes)
         let result = if connected {
             sock.call_method1("send", (data,))
         } else {

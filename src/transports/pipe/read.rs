@@ -30,6 +30,8 @@ struct ReadPipeState {
 )]
 pub(crate) struct ReadPipeTransport {
     fd: RawFd,
+    /// A pipe's capacity, which sizes its big reads (see `syscalls::read_bytes`).
+    capacity: Option<usize>,
     st: GilCell<ReadPipeState>,
 }
 
@@ -161,6 +163,7 @@ impl ReadPipeTransport {
         let fd: RawFd = pipe.call_method0("fileno")?.extract()?;
         Ok(ReadPipeTransport {
             fd,
+            capacity: syscalls::pipe_capacity(fd),
             st: GilCell::new(ReadPipeState {
                 links: Links::new(lp, pipe, owner, protocol, context),
                 closing: false,
@@ -191,7 +194,7 @@ impl ReadPipeTransport {
         let py = slf.py();
         let this = slf.get();
         // stats: pipe read (bytes in `data`)
-        let data = match syscalls::read_bytes(py, this.fd, MAX_READ)? {
+        let data = match syscalls::read_bytes(py, this.fd, MAX_READ, this.capacity)? {
             Ok(Some(data)) => data,
             Ok(None) => return Ok(()),
             Err(e) => {
