@@ -3,10 +3,11 @@
 //! (selector_events.py).
 //!
 //! The Python class `ferroloop._datagram.DatagramTransport` owns one and binds `sendto`
-//! straight to it. Reads take several datagrams per readiness event into the thread's
-//! reused buffer (`syscalls::with_read_buf`; asyncio's `recvfrom(256 KiB)` allocates, and
-//! glibc maps and unmaps, 256 KiB per datagram); `sendto` tries the syscall at once and
-//! buffers only when the socket would block. Addresses are converted natively for IPv4,
+//! straight to it. Reads (`read.rs`) take several datagrams per readiness event into
+//! reused buffers, recvmmsg(2)'s for IP sockets and the thread's read buffer for Unix ones
+//! (asyncio's `recvfrom(256 KiB)` allocates, and glibc maps and unmaps, 256 KiB per
+//! datagram); `sendto` (`write.rs`) tries the syscall at once and buffers only when the
+//! socket would block. Addresses are converted natively for IPv4,
 //! IPv6 and Unix sockets (`addr.rs`); a socket subclass, another family, or an address
 //! the socket module has to resolve goes through the socket object's own methods, as in
 //! asyncio.

@@ -210,9 +210,10 @@ impl DatagramTransport {
         let py = slf.py();
         let this = slf.get();
         if !is_bytes_like(data) {
+            // asyncio's f"...not {type(data).__name__!r}": the name's Python repr.
             return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not {:?}",
-                data.get_type().name()?.to_string()
+                "data argument must be a bytes-like object, not {}",
+                data.get_type().name()?.repr()?
             )));
         }
         let none = py.None().into_bound(py);
