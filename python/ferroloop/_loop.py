@@ -5,9 +5,9 @@ Cold paths whose exact behaviour differs between CPython versions (run_until_com
 executors, the exception handler, async-generator shutdown, DNS) are CPython's own
 `BaseEventLoop` functions bound to this class, so each interpreter gets its own semantics.
 
-The stream transport and the `sock_*` calls are Rust (`SocketTransport`, `LoopCore.sock_*`);
-the rest of networking, pipes and subprocesses is asyncio's own selector-loop code over the
-Rust poller (see `_network.py`).
+The stream and pipe transports and the `sock_*` calls are Rust (`SocketTransport`,
+`ReadPipeTransport`/`WritePipeTransport`, `LoopCore.sock_*`); the rest of networking and
+subprocesses is asyncio's own selector-loop code over the Rust poller (see `_network.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core, _observe
 from ._datagram import DatagramTransport
 from ._network import bind_network_methods
+from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._signals import SignalHandlers
 from ._subprocess import ChildWatching
 from ._tls import make_ssl_transport, start_tls
@@ -225,6 +226,16 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
         if sys.version_info >= (3, 12):  # asyncio 3.12+ refuses an fd that has a transport
             self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    def _make_read_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: dict[str, Any] | None = None
+    ) -> ReadPipeTransport:
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: dict[str, Any] | None = None
+    ) -> WritePipeTransport:
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     def _stop_serving(self, sock: socket.socket) -> None:
         # The Unix loop's version (3.13+: unlink the socket path it created, unless the

@@ -1,5 +1,7 @@
-"""Networking, pipes and subprocesses, for now: asyncio's own selector-loop implementation
-(BaseSelectorEventLoop and the Unix loop) bound to `Loop`, running over the Rust poller.
+"""Networking and subprocesses around the Rust transports, for now: asyncio's own
+selector-loop implementation (BaseSelectorEventLoop and the Unix loop) bound to `Loop`,
+running over the Rust poller (the stream, datagram and pipe transports it makes are
+ferroloop's: `Loop._make_*_transport`).
 
 Everything those classes define that `Loop` does not is bound, except their private
 plumbing of the selector, the self-pipe and the run step, which the Rust core replaces.

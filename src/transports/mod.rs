@@ -1,6 +1,11 @@
-//! Native transports: the stream transport for TCP and Unix sockets, and the TLS layer
-//! over it.
+//! Native transports: the stream transport for TCP and Unix sockets, the TLS layer over
+//! it, the datagram transport for UDP and Unix datagram sockets, the pipe transports, and
+//! the plumbing and flow control they share.
 
+pub(crate) mod base;
+mod datagram;
+pub(crate) mod flow;
+pub(crate) mod pipe;
 mod stream;
 mod tls;
 
@@ -8,5 +13,7 @@ use pyo3::prelude::*;
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamTransport>()?;
-    tls::init_pymodule(m)
+    m.add_class::<datagram::DatagramTransport>()?;
+    tls::init_pymodule(m)?;
+    pipe::init_pymodule(m)
 }
