@@ -1,5 +1,9 @@
 //! The raw socket system calls under the socket calls (`sock_ops.rs`) and the stream
-//! transport: reads into new bytes objects or callers' buffers, and sends.
+//! transport: reads into new bytes objects or callers' buffers, and sends; accept4 for
+//! servers (`accept.rs`); pidfds and reaping for child processes (`process.rs`).
+
+pub(crate) mod accept;
+pub(crate) mod process;
 
 use std::cell::Cell;
 use std::os::fd::RawFd;

@@ -21,7 +21,7 @@ import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events, selector_events
+from asyncio import base_events, coroutines, events
 from asyncio.log import logger
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._datagram import DatagramTransport
 from ._network import bind_network_methods
+from ._server import ServerMethods
 from ._signals import SignalHandlers
-from ._subprocess import ChildWatching
+from ._subprocess import Subprocesses
 from ._transports import SocketTransport
 
 _AI_NUMERICHOST = int(socket.AI_NUMERICHOST)
@@ -79,12 +80,7 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, None)
 
 
-# 3.14+ has no child-watcher API: ferroloop watches its children itself (_subprocess.py).
-_OWN_CHILD_WATCHING = sys.version_info >= (3, 14)
-_VERSION_BASES: tuple[type, ...] = (ChildWatching,) if _OWN_CHILD_WATCHING else ()
-
-
-class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(_core.LoopCore, SignalHandlers, ServerMethods, Subprocesses, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """A ferroloop event loop: `asyncio.AbstractEventLoop` on a Rust core."""
 
     # asyncio's own implementations of the cold paths, so that each interpreter version
@@ -132,8 +128,8 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
         # Read by asyncio's Unix-server code (3.13+: unlinks socket paths on close).
         self._unix_server_sockets: dict[Any, int] = {}
         self._init_signals()
-        if _OWN_CHILD_WATCHING:
-            self._child_pidfds: dict[int, int] = {}
+        # The children ferroloop watches (pid -> transport core), released on close.
+        self._children: dict[int, Any] = {}
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
 
     def run_forever(self) -> None:
@@ -219,21 +215,6 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
             self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
 
-    def _stop_serving(self, sock: socket.socket) -> None:
-        # The Unix loop's version (3.13+: unlink the socket path it created, unless the
-        # file was replaced since), without its zero-argument super().
-        path = sock.getsockname() if sock in self._unix_server_sockets else None
-        selector_events.BaseSelectorEventLoop._stop_serving(self, sock)  # type: ignore[attr-defined]
-        if path is not None:
-            prev_ino = self._unix_server_sockets.pop(sock)
-            try:
-                if os.stat(path).st_ino == prev_ino:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
-
     def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
         """Call `callback(*args)` whenever `fd` is readable."""
         self._ensure_fd_no_transport(fd)
@@ -270,8 +251,7 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
             logger.debug("Close %r", self)
         self._close_core()
         self._close_signals()
-        if _OWN_CHILD_WATCHING:
-            self._close_child_watching()
+        self._close_child_watching()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
