@@ -298,6 +298,14 @@ impl SubprocessCore {
         if watch {
             Self::watch_exit(slf, &lp, pid)?;
         }
+        if lp.get().debug(py) {
+            // asyncio's first call_soon here (its task's) checks the thread in debug
+            // mode; the child it leaves running is killed here (and reaped).
+            if let Err(e) = lp.call_method0(pyo3::intern!(py, "_check_thread")) {
+                slf.get().close(py)?;
+                return Err(e);
+            }
+        }
         if let Err(err) = Self::connect_pipes(slf, &lp, proc) {
             if errors_propagate(py, &err) {
                 return Err(err);

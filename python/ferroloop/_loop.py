@@ -111,7 +111,6 @@ class Loop(_core.LoopCore, SignalHandlers, ServerMethods, Subprocesses, asyncio.
 
     if TYPE_CHECKING:
         # Bound from asyncio's selector loop by bind_network_methods().
-        _ensure_fd_no_transport: Callable[[Any], None]
         _ensure_resolved: Callable[..., Any]
 
     def __init__(self) -> None:
@@ -214,26 +213,6 @@ class Loop(_core.LoopCore, SignalHandlers, ServerMethods, Subprocesses, asyncio.
         if sys.version_info >= (3, 12):  # asyncio 3.12+ refuses an fd that has a transport
             self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
-
-    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
-        """Call `callback(*args)` whenever `fd` is readable."""
-        self._ensure_fd_no_transport(fd)
-        self._add_reader(fd, callback, *args)
-
-    def remove_reader(self, fd: Any) -> bool:
-        """Stop watching `fd` for reading; True if it was watched."""
-        self._ensure_fd_no_transport(fd)
-        return bool(self._remove_reader(fd))
-
-    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
-        """Call `callback(*args)` whenever `fd` is writable."""
-        self._ensure_fd_no_transport(fd)
-        self._add_writer(fd, callback, *args)
-
-    def remove_writer(self, fd: Any) -> bool:
-        """Stop watching `fd` for writing; True if it was watched."""
-        self._ensure_fd_no_transport(fd)
-        return bool(self._remove_writer(fd))
 
     @property
     def _selector(self) -> _SelectorView | None:

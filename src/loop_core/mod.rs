@@ -377,6 +377,46 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Calls `callback(*args)` whenever `fd` is readable (asyncio's `add_reader`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::add_io(slf, fd, callback, args, Dir::Read, None).map(drop)
+    }
+
+    /// Calls `callback(*args)` whenever `fd` is writable (asyncio's `add_writer`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::add_io(slf, fd, callback, args, Dir::Write, None).map(drop)
+    }
+
+    /// Stops watching `fd` for reading; True if it was watched.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::remove_io(slf, fd, Dir::Read)
+    }
+
+    /// Stops watching `fd` for writing; True if it was watched.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::remove_io(slf, fd, Dir::Write)
+    }
+
+    fn _ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)
+    }
+
     /// Watches `fd` (asyncio's `_add_reader`: no transport check; returns the handle).
     /// `context=` as 3.15's transports pass it.
     #[pyo3(signature = (fd, callback, *args, context=None))]
