@@ -281,10 +281,18 @@ impl SubprocessCore {
         })
     }
 
-    /// The child runs: watch its exit (unless a child watcher does), connect its pipes,
-    /// schedule `connection_made` and then `waiter`'s result, as asyncio's
-    /// `_connect_pipes` task does, without the task.
-    fn _start(slf: &Bound<'_, Self>, proc: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, watch: bool) -> PyResult<()> {
+    /// The child runs: watch its exit (unless a child watcher does); with `connect`,
+    /// connect its pipes, schedule `connection_made` and then `waiter`'s result, as
+    /// asyncio's `_connect_pipes` task does, without the task (else the Python class
+    /// runs that task, through `loop.connect_read_pipe`/`connect_write_pipe`).
+    #[pyo3(signature = (proc, waiter, watch, connect=true))]
+    fn _start(
+        slf: &Bound<'_, Self>,
+        proc: &Bound<'_, PyAny>,
+        waiter: &Bound<'_, PyAny>,
+        watch: bool,
+        connect: bool,
+    ) -> PyResult<()> {
         let py = slf.py();
         let pid: i32 = proc.getattr("pid")?.extract()?;
         {
@@ -306,12 +314,37 @@ impl SubprocessCore {
                 return Err(e);
             }
         }
+        if !connect {
+            return Ok(());
+        }
         if let Err(err) = Self::connect_pipes(slf, &lp, proc) {
             if errors_propagate(py, &err) {
                 return Err(err);
             }
             return Self::pipes_failed(slf, proc, waiter, err);
         }
+        Self::_connected(slf, waiter)
+    }
+
+    /// A new protocol for pipe `fd` of the child.
+    fn _new_pipe_proto(slf: &Bound<'_, Self>, fd: i32) -> PyResult<Py<SubprocessPipeProto>> {
+        Py::new(slf.py(), SubprocessPipeProto::new(slf.clone().unbind(), fd))
+    }
+
+    /// Pipe `fd` is connected, with `proto` as its protocol.
+    fn _pipe_connected(&self, py: Python<'_>, fd: usize, proto: Py<SubprocessPipeProto>) {
+        if let Some(slot) = self.st.borrow_mut(py).pipes.get_mut(fd) {
+            *slot = Some(Some(proto));
+        }
+    }
+
+    /// The pipes are connected: `connection_made`, the calls made meanwhile, and then
+    /// the waiter's result (after `connection_made`, as asyncio's order is).
+    fn _connected(slf: &Bound<'_, Self>, waiter: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let Some(lp) = slf.get().loop_(py) else {
+            return Ok(());
+        };
         let protocol = slf.get().protocol(py);
         if let Some(p) = protocol {
             let made = p.getattr(pyo3::intern!(py, "connection_made"))?;
@@ -326,6 +359,10 @@ impl SubprocessCore {
             LoopCore::call_soon(&lp, &set, &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?, None)?;
         }
         Ok(())
+    }
+
+    fn _pipes_failed(slf: &Bound<'_, Self>, proc: &Bound<'_, PyAny>, waiter: &Bound<'_, PyAny>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::pipes_failed(slf, proc, waiter, PyErr::from_value(exc.clone()))
     }
 
     /// The pidfd's (or the waiting thread's) callback: the child exited.

@@ -174,8 +174,9 @@ class Loop(_core.LoopCore, SignalHandlers, ServerMethods, Subprocesses, asyncio.
             self, host, port, family=family, type=type, proto=proto, flags=flags
         )
 
-    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
-        """Connect `sock` to `address`, resolving a host name first (asyncio's steps)."""
+    async def _sock_connect_resolving(self, sock: socket.socket, address: Any) -> None:
+        """`sock_connect` where the address may need resolving (asyncio's steps; the core's
+        `sock_connect` takes the fast path of IP literals itself)."""
         base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")

@@ -92,7 +92,30 @@ class SubprocessTransport(transports.SubprocessTransport):
         if loop.get_debug():
             program = args if isinstance(args, (bytes, str)) else args[0]
             logger.debug("process %r created: pid %s", program, proc.pid)
-        core._start(proc, waiter, watch)
+        # A loop whose connect_read_pipe/connect_write_pipe were replaced (tests patch
+        # them on the instance) gets asyncio's task, which calls them.
+        own_pipes = "connect_read_pipe" not in vars(loop) and "connect_write_pipe" not in vars(loop)
+        core._start(proc, waiter, watch, own_pipes)
+        if not own_pipes:
+            loop.create_task(self._connect_pipes(loop, proc, waiter))
+
+    async def _connect_pipes(self, loop: Any, proc: Any, waiter: Any) -> None:
+        """asyncio's `_connect_pipes`, through the loop's `connect_*_pipe` methods."""
+        core = self._core
+        try:
+            for fd, pipe in ((0, proc.stdin), (1, proc.stdout), (2, proc.stderr)):
+                if pipe is None:
+                    continue
+                connect = loop.connect_write_pipe if fd == 0 else loop.connect_read_pipe
+                proto = core._new_pipe_proto(fd)
+                await connect(lambda proto=proto: proto, pipe)
+                core._pipe_connected(fd, proto)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            core._pipes_failed(proc, waiter, exc)
+        else:
+            core._connected(waiter)
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
@@ -230,8 +253,11 @@ class Subprocesses:
             )  # fmt: skip
             await self._wait_started(transp, waiter)
             return transp
-        # The program's own child watcher, used as asyncio 3.10-3.13 use it.
-        with watcher:
+        # The program's own child watcher, used as asyncio 3.10-3.13 use it (up to 3.11,
+        # the object its `__enter__` returns).
+        with watcher as entered:
+            if sys.version_info < (3, 12):
+                watcher = entered
             if not watcher.is_active():
                 # Raised before the child is started, as asyncio does.
                 raise RuntimeError(

@@ -530,13 +530,29 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::Accept)
     }
 
+    /// `sock_connect`: an address that needs no resolution on a plain non-blocking
+    /// socket is connected natively; any other goes through asyncio's steps
+    /// (`Loop._sock_connect_resolving`, which resolves it, then `_sock_connect_resolved`).
+    fn sock_connect(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        if let Some((sa, resolved)) = crate::sock_ops::numeric_address(sock, address) {
+            let op = Op::Connect(resolved.unbind(), false, Some(sa));
+            return Ok(SockCall::create(slf, sock, op)?.into_any());
+        }
+        let slow = slf.call_method1(pyo3::intern!(slf.py(), "_sock_connect_resolving"), (sock, address))?;
+        Ok(slow.unbind())
+    }
+
     /// The connect step of `Loop.sock_connect`, once the address is resolved.
     fn _sock_connect_resolved(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
         address: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        SockCall::create(slf, sock, Op::Connect(address.clone().unbind(), false))
+        SockCall::create(slf, sock, Op::Connect(address.clone().unbind(), false, None))
     }
 
     /// `asyncio.futures.Future(loop=self)`, the class looked up at each call as asyncio

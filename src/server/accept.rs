@@ -2,10 +2,9 @@
 //! read callback of one listening socket; each readiness event accepts up to `backlog`
 //! connections and hands each straight to a stream transport.
 
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use nix::errno::Errno;
-use nix::libc;
 use pyo3::exceptions::{PyBlockingIOError, PyConnectionAbortedError, PyInterruptedError, PyOSError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -17,7 +16,7 @@ use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
 use crate::pyapi;
-use crate::syscalls::accept::accept4;
+use crate::syscalls::accept::{accept_socket, converted_family, socket_kind};
 
 /// asyncio's `constants.ACCEPT_RETRY_DELAY`: how long to stop accepting when out of fds.
 const ACCEPT_RETRY_DELAY: f64 = 1.0;
@@ -177,24 +176,7 @@ impl Listener {
                 Err(e) => Err(e),
             };
         }
-        let (fd, addr) = match accept4(py, self.fd)? {
-            Ok(a) => a,
-            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Ok(None)),
-            Err(e) => return Ok(Err(e)),
-        };
-        let Some(addr) = addr else {
-            return Ok(Err(Errno::EAFNOSUPPORT));
-        };
-        // A socket object for the fd as socket.accept() makes one; SOCK_NONBLOCK in the
-        // type sets its timeout to 0 without a system call (the fd already is).
-        let cls = pyapi::cached_attr(py, &SOCKET_TYPE, "socket", "socket")?;
-        let conn = cls.call1((
-            self.family,
-            self.sock_type | libc::SOCK_NONBLOCK,
-            self.proto,
-            fd.into_raw_fd(),
-        ))?;
-        Ok(Ok(Some((conn, addr))))
+        accept_socket(py, self.fd, (self.family, self.sock_type, self.proto))
     }
 
     /// Out of fds (or buffers): tell the exception handler, stop accepting for a while
@@ -252,11 +234,9 @@ impl Listener {
             .cast::<LoopCore>()
             .map_err(|_| pyo3::exceptions::PyTypeError::new_err("a ferroloop loop is required"))?;
         let fd: RawFd = sock.call_method0("fileno")?.extract()?;
-        let family: i32 = sock.getattr("family")?.extract()?;
-        let sock_type: i32 = sock.getattr("type")?.extract()?;
-        let proto: i32 = sock.getattr("proto")?.extract()?;
+        let (family, sock_type, proto) = socket_kind(sock)?;
         let plain = sock.get_type().is(&pyapi::cached_attr(py, &SOCKET_TYPE, "socket", "socket")?);
-        let native = plain && matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX);
+        let native = plain && converted_family(family);
         // asyncio: `for _ in range(backlog + 1)` (a bad backlog fails listen() first).
         let backlog: i64 = backlog.extract().unwrap_or(100);
         let per_event = usize::try_from(backlog.saturating_add(1)).unwrap_or(1).max(1);

@@ -1,13 +1,62 @@
 //! accept4(2), and the peer address it gives as a Python object, made the way CPython's
 //! socket module makes it (`makesockaddr`).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyString, PyTuple};
+
+static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+static KIND_DESCRIPTORS: PyOnceLock<(Py<PyAny>, Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+/// A socket's family, type and protocol as its object holds them (the C-level members of
+/// `_socket.socket`: socket.py's `family`/`type` properties make enums on each read).
+pub(crate) fn socket_kind(sock: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32)> {
+    let py = sock.py();
+    let (family, stype, proto) = KIND_DESCRIPTORS.get_or_try_init(py, || {
+        let d = py.import("_socket")?.getattr("socket")?.getattr("__dict__")?;
+        let get = |name: &str| d.get_item(name).map(Bound::unbind);
+        Ok::<_, PyErr>((get("family")?, get("type")?, get("proto")?))
+    })?;
+    let read = |descr: &Py<PyAny>| -> PyResult<i32> {
+        descr.bind(py).call_method1(pyo3::intern!(py, "__get__"), (sock,))?.extract()
+    };
+    Ok((read(family)?, read(stype)?, read(proto)?))
+}
+
+/// A connection accepted on the listening socket `fd`, as `socket.accept()` followed by
+/// `setblocking(False)` gives it: a non-blocking `socket.socket` of the listener's
+/// family, type and protocol (`kind`), and the peer's address. `Ok(Ok(None))`: none
+/// waiting (or interrupted); `Ok(Err(errno))`: accept failed (EAFNOSUPPORT: a family
+/// whose addresses are not converted here, which callers rule out first).
+pub(crate) fn accept_socket(
+    py: Python<'_>,
+    fd: RawFd,
+    kind: (i32, i32, i32),
+) -> PyResult<Result<Option<(Bound<'_, PyAny>, Bound<'_, PyAny>)>, Errno>> {
+    let (conn, addr) = match accept4(py, fd)? {
+        Ok((conn, Some(addr))) => (conn, addr),
+        Ok((_, None)) => return Ok(Err(Errno::EAFNOSUPPORT)),
+        Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Ok(None)),
+        Err(e) => return Ok(Err(e)),
+    };
+    let (family, stype, proto) = kind;
+    // SOCK_NONBLOCK in the type sets the object's timeout to 0 without a system call
+    // (the fd already is non-blocking, from accept4).
+    let cls = SOCKET_TYPE.get_or_try_init(py, || py.import("socket")?.getattr("socket").map(Bound::unbind))?;
+    let sock = cls.bind(py).call1((family, stype | libc::SOCK_NONBLOCK, proto, conn.into_raw_fd()))?;
+    Ok(Ok(Some((sock, addr))))
+}
+
+/// Whether `family`'s addresses are converted by `sockaddr_to_py`.
+pub(crate) fn converted_family(family: i32) -> bool {
+    matches!(family, libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX)
+}
 
 /// One `accept4(fd, SOCK_NONBLOCK | SOCK_CLOEXEC)`: the connection's fd (non-blocking,
 /// close-on-exec, as asyncio sets it) and its peer address as Python's `accept()`
