@@ -92,20 +92,21 @@ def fmt_size(n: int) -> str:
     return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} B"
 
 
-def build_c_client(out_dir: Path) -> list[str] | str:
-    """Compile net_load.c (cached by the source's hash); its command, or why not."""
+def build_c_client(out_dir: Path, source: Path = LOAD_C) -> list[str] | str:
+    """Compile a load generator (net_load.c; cached by the source's hash); its command,
+    or why not."""
     import hashlib
 
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         return "no C compiler (cc/gcc) on PATH"
-    src = LOAD_C.read_bytes()
-    exe = out_dir / ".bin" / f"net_load-{hashlib.sha256(src).hexdigest()[:12]}"
+    src = source.read_bytes()
+    exe = out_dir / ".bin" / f"{source.stem}-{hashlib.sha256(src).hexdigest()[:12]}"
     if not exe.exists():
         exe.parent.mkdir(parents=True, exist_ok=True)
         tmp = exe.with_suffix(".tmp")
         p = subprocess.run(
-            [cc, "-O2", "-o", str(tmp), str(LOAD_C)], capture_output=True, text=True, check=False
+            [cc, "-O2", "-o", str(tmp), str(source)], capture_output=True, text=True, check=False
         )
         if p.returncode != 0:
             return f"{cc} failed: {last_line(p.stderr)}"

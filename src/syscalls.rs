@@ -1,6 +1,7 @@
-//! The raw socket system calls under the socket calls (`sock_ops.rs`) and the stream
-//! transport: reads into new bytes objects or callers' buffers, and sends; accept4 for
-//! servers (`accept.rs`); pidfds and reaping for child processes (`process.rs`).
+//! The raw system calls under the socket calls (`sock_ops.rs`) and the transports: reads
+//! of sockets and pipes into new bytes objects or callers' buffers, sends and writes, and
+//! the datagram calls (recvfrom, recvmmsg, sendto); accept4 for servers (`accept.rs`);
+//! pidfds and reaping for child processes (`process.rs`).
 
 pub(crate) mod accept;
 pub(crate) mod process;
@@ -52,6 +53,45 @@ pub(crate) fn recv_bytes(
     fd: RawFd,
     n: usize,
 ) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
+    read_new_bytes(py, fd, n, Source::Socket)
+}
+
+/// `read(fd, at most n)` into a new bytes object (a pipe, FIFO or character device), as
+/// `recv_bytes` reads a socket: `Ok(None)` when it would block or was interrupted.
+pub(crate) fn read_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
+    read_new_bytes(py, fd, n, Source::File)
+}
+
+/// What an fd is read with: recv(2) for sockets, read(2) for anything else.
+#[derive(Clone, Copy)]
+enum Source {
+    Socket,
+    File,
+}
+
+/// One read of at most `len` bytes to `ptr`.
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+unsafe fn raw_read(fd: RawFd, ptr: *mut u8, len: usize, source: Source) -> isize {
+    match source {
+        // SAFETY: the caller guarantees `len` writable bytes at `ptr`.
+        Source::Socket => unsafe { libc::recv(fd, ptr.cast(), len, 0) },
+        // SAFETY: as above.
+        Source::File => unsafe { libc::read(fd, ptr.cast(), len) },
+    }
+}
+
+fn read_new_bytes(
+    py: Python<'_>,
+    fd: RawFd,
+    n: usize,
+    source: Source,
+) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
     let queued = if (n >= BIG_READ && LAST_READ_BIG.get()) || n > READ_BUF_SIZE {
         let mut avail: libc::c_int = 0;
         // SAFETY: FIONREAD writes one int to the pointer we pass.
@@ -62,18 +102,18 @@ pub(crate) fn recv_bytes(
     };
     let got = match queued {
         Some(avail) if avail >= BIG_READ && avail.min(n) <= DIRECT_MAX => {
-            recv_direct(py, fd, avail.min(n))?
+            recv_direct(py, fd, avail.min(n), source)?
         }
         // More than the shared buffer holds (FIONREAD gives a datagram's whole size, so
         // none is cut short): into a bytes object of that size, as socket.recv would.
         Some(avail) if avail > READ_BUF_SIZE && n > READ_BUF_SIZE => {
-            recv_direct(py, fd, avail.min(n))?
+            recv_direct(py, fd, avail.min(n), source)?
         }
         _ => READ_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             let cap = n.min(buf.len());
             // SAFETY: `buf` is a live, writable allocation of at least `cap` bytes.
-            let r = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), cap, 0) };
+            let r = unsafe { raw_read(fd, buf.as_mut_ptr(), cap, source) };
             match usize::try_from(r) {
                 Ok(k) => Ok(Some(PyBytes::new(py, &buf[..k]))),
                 Err(_) => Err(Errno::last()),
@@ -95,6 +135,7 @@ fn recv_direct(
     py: Python<'_>,
     fd: RawFd,
     n: usize,
+    source: Source,
 ) -> PyResult<Result<Option<Bound<'_, PyBytes>>, Errno>> {
     let len =
         ffi::Py_ssize_t::try_from(n).map_err(|_| PyValueError::new_err("buffer size too large"))?;
@@ -106,7 +147,7 @@ fn recv_direct(
     }
     // SAFETY: `obj` is a fresh bytes object of `len` bytes that nothing else references
     // yet; the kernel writes at most `n` bytes into it.
-    let r = unsafe { libc::recv(fd, ffi::PyBytes_AsString(obj).cast(), n, 0) };
+    let r = unsafe { raw_read(fd, ffi::PyBytes_AsString(obj).cast(), n, source) };
     let Ok(k) = usize::try_from(r) else {
         let err = Errno::last();
         // SAFETY: we own the only reference.
@@ -153,4 +194,183 @@ pub(crate) fn send_native(fd: RawFd, data: &[u8]) -> PyResult<usize> {
             e => Err(os_error(e)),
         },
     }
+}
+
+/// write(2) of `data` (a pipe, FIFO or character device): `Ok(0)` when it would block or
+/// was interrupted, as asyncio's pipe transport takes BlockingIOError and InterruptedError.
+pub(crate) fn write_native(fd: RawFd, data: &[u8]) -> Result<usize, Errno> {
+    // SAFETY: `data` is a readable slice of `data.len()` bytes.
+    let r = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+    match usize::try_from(r) {
+        Ok(n) => Ok(n),
+        Err(_) => match Errno::last() {
+            Errno::EAGAIN | Errno::EINTR => Ok(0),
+            e => Err(e),
+        },
+    }
+}
+
+/// A socket address as the kernel gives and takes it: a `sockaddr_storage` and the length
+/// of its used part (0: none, as recvfrom(2) reports for an unnamed sender).
+#[derive(Clone, Copy)]
+pub(crate) struct SockAddr {
+    pub(crate) storage: libc::sockaddr_storage,
+    pub(crate) len: libc::socklen_t,
+}
+
+impl SockAddr {
+    pub(crate) fn empty() -> Self {
+        SockAddr {
+            // SAFETY: sockaddr_storage is plain old data: all zeroes is a valid value
+            // (family AF_UNSPEC).
+            storage: unsafe { std::mem::zeroed() },
+            len: 0,
+        }
+    }
+
+    pub(crate) fn family(&self) -> libc::c_int {
+        if self.len == 0 {
+            return libc::AF_UNSPEC;
+        }
+        libc::c_int::from(self.storage.ss_family)
+    }
+
+    /// The used bytes of the address, to compare two addresses.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        let len = (self.len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: `storage` is a live, initialised sockaddr_storage and `len` is within it.
+        unsafe { std::slice::from_raw_parts((&raw const self.storage).cast::<u8>(), len) }
+    }
+
+    fn as_ptr(&self) -> *const libc::sockaddr {
+        (&raw const self.storage).cast()
+    }
+}
+
+/// recvfrom(2) of one datagram into `buf` without blocking: its length (cut to the buffer,
+/// as socket.recvfrom does) and its sender, or the errno (EAGAIN when there is none).
+pub(crate) fn recvfrom_into(fd: RawFd, buf: &mut [u8]) -> Result<(usize, SockAddr), Errno> {
+    let mut addr = SockAddr::empty();
+    addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `buf` is writable for `buf.len()` bytes; `addr.storage` is writable for
+    // `addr.len` bytes, which the kernel updates to the length it wrote.
+    let r = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&raw mut addr.storage).cast(),
+            &mut addr.len,
+        )
+    };
+    usize::try_from(r)
+        .map(|n| (n, addr))
+        .map_err(|_| Errno::last())
+}
+
+/// With the reusable read buffer of the loop's thread: `f(buf)` (256 KiB; nothing else
+/// may use it meanwhile, so `f` must not call Python code that could read).
+pub(crate) fn with_read_buf<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
+    READ_BUF.with(|buf| f(&mut buf.borrow_mut()))
+}
+
+/// Datagrams read by one recvmmsg(2): `slots` buffers of `slot_size` bytes each, with
+/// their lengths and senders. The headers are kept (rebuilt before each call, since they
+/// point into the buffers): no allocation per read.
+pub(crate) struct Batch {
+    slot_size: usize,
+    bufs: Vec<u8>,
+    addrs: Vec<SockAddr>,
+    lens: Vec<usize>,
+    iovs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+}
+
+impl Batch {
+    pub(crate) fn new(slots: usize, slot_size: usize) -> Self {
+        let iov = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Batch {
+            slot_size,
+            bufs: vec![0; slots * slot_size],
+            addrs: vec![SockAddr::empty(); slots],
+            lens: vec![0; slots],
+            iovs: vec![iov; slots],
+            // SAFETY: mmsghdr is plain old data; all zeroes is a valid empty header.
+            hdrs: vec![unsafe { std::mem::zeroed() }; slots],
+        }
+    }
+
+    /// Datagram `i` of the last read: its bytes and sender.
+    pub(crate) fn get(&self, i: usize) -> (&[u8], &SockAddr) {
+        let start = i * self.slot_size;
+        (&self.bufs[start..start + self.lens[i]], &self.addrs[i])
+    }
+
+    /// recvmmsg(2) of up to `want` datagrams (at most the slots) without blocking: how
+    /// many were read (at least one), or the errno (EAGAIN when there was none).
+    pub(crate) fn recv(&mut self, fd: RawFd, want: usize) -> Result<usize, Errno> {
+        let slots = want.min(self.lens.len());
+        let name_len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let chunks = self.bufs.chunks_exact_mut(self.slot_size);
+        let parts = self
+            .hdrs
+            .iter_mut()
+            .zip(self.iovs.iter_mut())
+            .zip(&mut self.addrs);
+        for (((hdr, iov), addr), buf) in parts.zip(chunks).take(slots) {
+            iov.iov_base = buf.as_mut_ptr().cast();
+            iov.iov_len = buf.len();
+            hdr.msg_hdr.msg_name = (&raw mut addr.storage).cast();
+            hdr.msg_hdr.msg_namelen = name_len;
+            hdr.msg_hdr.msg_iov = iov;
+            hdr.msg_hdr.msg_iovlen = 1;
+            hdr.msg_hdr.msg_control = std::ptr::null_mut();
+            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_flags = 0;
+        }
+        // SAFETY: the first `slots` headers each name one iovec into `bufs` and one
+        // address in `addrs`, all live and writable for the lengths given (set just
+        // above); a null timeout with MSG_DONTWAIT returns at once.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                slots as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        let n = usize::try_from(r).map_err(|_| Errno::last())?;
+        for i in 0..n {
+            self.lens[i] = self.hdrs[i].msg_len as usize;
+            self.addrs[i].len = self.hdrs[i].msg_hdr.msg_namelen;
+        }
+        Ok(n)
+    }
+}
+
+/// send(2) (no address: a connected socket) or sendto(2) of one datagram, without
+/// blocking: the bytes sent, or the errno (EAGAIN when the socket buffer is full).
+pub(crate) fn sendto_raw(fd: RawFd, data: &[u8], addr: Option<&SockAddr>) -> Result<usize, Errno> {
+    let flags = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    // SAFETY: `data` is readable for `data.len()` bytes; `addr`, when given, is a valid
+    // address of `addr.len` bytes.
+    let r = unsafe {
+        match addr {
+            None => libc::send(fd, data.as_ptr().cast(), data.len(), flags),
+            Some(a) => libc::sendto(
+                fd,
+                data.as_ptr().cast(),
+                data.len(),
+                flags,
+                a.as_ptr(),
+                a.len,
+            ),
+        }
+    };
+    usize::try_from(r).map_err(|_| Errno::last())
 }

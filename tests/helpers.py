@@ -39,3 +39,40 @@ async def pair(loop: asyncio.AbstractEventLoop) -> tuple[socket.socket, socket.s
         conn, addr = await accepting
         assert addr == csock.getsockname()
         return csock, conn
+
+
+def asyncio_bug(reason: str) -> Any:
+    """Strict xfail on the stock param only, for an asyncio bug ferroloop fixes on purpose:
+    ferroloop must pass."""
+    import pytest
+
+    return pytest.mark.parametrize(
+        "loop_factory",
+        [
+            pytest.param(
+                "asyncio", marks=pytest.mark.xfail(strict=True, reason=f"asyncio: {reason}")
+            ),
+            "ferroloop",
+        ],
+        indirect=True,
+    )
+
+
+class Errors:
+    """An exception handler that records the contexts it is given."""
+
+    def __init__(self) -> None:
+        self.contexts: list[dict[str, Any]] = []
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        self.contexts.append(context)
+
+    def messages(self) -> list[str]:
+        return [str(c.get("message")) for c in self.contexts]
+
+
+def open_fds() -> int:
+    """How many file descriptors this process has open."""
+    import os
+
+    return len(os.listdir("/proc/self/fd"))

@@ -5,16 +5,15 @@ Cold paths whose exact behaviour differs between CPython versions (run_until_com
 executors, the exception handler, async-generator shutdown, DNS) are CPython's own
 `BaseEventLoop` functions bound to this class, so each interpreter gets its own semantics.
 
-The stream transport and the `sock_*` calls are Rust (`SocketTransport`, `LoopCore.sock_*`);
-the rest of networking, pipes and subprocesses is asyncio's own selector-loop code over the
-Rust poller (see `_network.py`).
+The stream and pipe transports and the `sock_*` calls are Rust (`SocketTransport`,
+`ReadPipeTransport`/`WritePipeTransport`, `LoopCore.sock_*`); the rest of networking and
+subprocesses is asyncio's own selector-loop code over the Rust poller (see `_network.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import selectors
 import socket
 import sys
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from ._datagram import DatagramTransport
 from ._network import bind_network_methods
+from ._pipes import ReadPipeTransport, WritePipeTransport
 from ._server import ServerMethods
 from ._signals import SignalHandlers
 from ._subprocess import Subprocesses
@@ -214,6 +214,16 @@ class Loop(_core.LoopCore, SignalHandlers, ServerMethods, Subprocesses, asyncio.
         if sys.version_info >= (3, 12):  # asyncio 3.12+ refuses an fd that has a transport
             self._ensure_fd_no_transport(sock)
         return DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    def _make_read_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: dict[str, Any] | None = None
+    ) -> ReadPipeTransport:
+        return ReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(
+        self, pipe: Any, protocol: Any, waiter: Any = None, extra: dict[str, Any] | None = None
+    ) -> WritePipeTransport:
+        return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
     @property
     def _selector(self) -> _SelectorView | None:

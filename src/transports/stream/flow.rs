@@ -1,29 +1,12 @@
 //! Flow control, as asyncio's `_FlowControlMixin`: the water marks and the protocol's
 //! `pause_writing()`/`resume_writing()`.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyInt};
+use pyo3::types::PyInt;
 
-use super::{StreamTransport, DEFAULT_HIGH_WATER};
+use super::StreamTransport;
 use crate::errors;
-
-/// A water mark (non-negative, checked) as a byte count to compare sizes with: for an
-/// integer size, `size > mark` and `size <= mark` hold exactly when they hold for the
-/// mark's floor. Past usize: usize::MAX (no buffer gets there).
-fn water_mark(mark: &Bound<'_, PyAny>) -> PyResult<usize> {
-    let py = mark.py();
-    if let Ok(f) = mark.cast::<PyFloat>() {
-        // `as` saturates: inf and anything past usize give usize::MAX.
-        return Ok(f.value().floor() as usize);
-    }
-    let floor = if mark.is_instance_of::<PyInt>() {
-        mark.clone()
-    } else {
-        py.import("math")?.call_method1("floor", (mark,))?
-    };
-    Ok(floor.extract::<usize>().unwrap_or(usize::MAX))
-}
+use crate::transports::flow::WaterMarks;
 
 impl StreamTransport {
     pub(super) fn maybe_pause_protocol(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -95,37 +78,20 @@ impl StreamTransport {
         }
     }
 
-    /// asyncio's `_set_write_buffer_limits`, in Python's arithmetic: any numbers that
-    /// compare go (floats, ints past 64 bits), kept as given.
+    /// asyncio's `_set_write_buffer_limits` (see `WaterMarks::parse`).
     pub(super) fn set_limits(
         slf: &Bound<'_, Self>,
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let py = slf.py();
-        let high = high.filter(|h| !h.is_none());
-        let low = low.filter(|l| !l.is_none());
-        let int = |n: usize| PyInt::new(py, n).into_any();
-        let (high, low) = match (high, low) {
-            (None, None) => (int(DEFAULT_HIGH_WATER), int(DEFAULT_HIGH_WATER / 4)),
-            (None, Some(l)) => (int(4).mul(l)?, l.clone()),
-            (Some(h), None) => (h.clone(), h.floor_div(4)?),
-            (Some(h), Some(l)) => (h.clone(), l.clone()),
-        };
-        // `if not high >= low >= 0:`
-        if !(high.ge(&low)? && low.ge(0)?) {
-            return Err(PyValueError::new_err(format!(
-                "high ({}) must be >= low ({}) must be >= 0",
-                errors::repr(&high),
-                errors::repr(&low)
-            )));
-        }
-        let (high_water, low_water) = (water_mark(&high)?, water_mark(&low)?);
+        let marks = WaterMarks::parse(py, high, low)?;
+        let (high_water, low_water) = (marks.high, marks.low);
         let old = {
             let mut st = slf.get().st.borrow_mut(py);
             st.high_water = high_water;
             st.low_water = low_water;
-            st.limits.replace((low.unbind(), high.unbind()))
+            std::mem::replace(&mut st.limits, marks.given)
         };
         drop(old);
         Self::maybe_pause_protocol(slf)
