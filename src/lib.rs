@@ -6,7 +6,9 @@ mod gil_cell;
 pub(crate) mod loop_core;
 mod poller;
 mod pyapi;
+mod server;
 mod sock_ops;
+mod subprocess;
 mod syscalls;
 mod transports;
 mod watchdog;
@@ -25,6 +27,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     clock::init_ticks();
     loop_core::init_pymodule(m)?;
     transports::init_pymodule(m)?;
+    server::init_pymodule(m)?;
+    subprocess::init_pymodule(m)?;
     sock_ops::init_pymodule(m)?;
     watchdog::init_pymodule(m)
 }

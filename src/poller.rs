@@ -93,6 +93,19 @@ impl Poller {
         }
     }
 
+    /// Disables the fd's registration without removing it (one-shot, no events: the
+    /// kernel can report at most one error or hang-up, then nothing). Nothing to do if
+    /// the fd is gone from epoll (closed, or closed and reused).
+    pub fn disable(&self, fd: RawFd) -> nix::Result<()> {
+        // SAFETY: as in set_interest: borrowed for the epoll_ctl call only.
+        let bfd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let mut event = EpollEvent::new(EpollFlags::EPOLLONESHOT, fd as u64);
+        match self.epoll.modify(bfd, &mut event) {
+            Ok(()) | Err(Errno::ENOENT) | Err(Errno::EBADF) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Blocks for events; call without the GIL when the timeout is not zero.
     pub fn wait(
         &self,

@@ -1,6 +1,10 @@
 //! The raw system calls under the socket calls (`sock_ops.rs`) and the transports: reads
 //! of sockets and pipes into new bytes objects or callers' buffers, sends and writes, and
-//! the datagram calls (recvfrom, recvmmsg, sendto).
+//! the datagram calls (recvfrom, recvmmsg, sendto); accept4 for servers (`accept.rs`);
+//! pidfds and reaping for child processes (`process.rs`).
+
+pub(crate) mod accept;
+pub(crate) mod process;
 
 use std::cell::Cell;
 use std::os::fd::RawFd;

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import selectors
 import socket
 import sys
 import threading
 import warnings
 import weakref
-from asyncio import base_events, coroutines, events, selector_events
+from asyncio import base_events, coroutines, events
 from asyncio.log import logger
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -30,8 +29,9 @@ from . import _core, _observe
 from ._datagram import DatagramTransport
 from ._network import bind_network_methods
 from ._pipes import ReadPipeTransport, WritePipeTransport
+from ._server import ServerMethods
 from ._signals import SignalHandlers
-from ._subprocess import ChildWatching
+from ._subprocess import Subprocesses
 from ._tls import make_ssl_transport, start_tls
 from ._transports import SocketTransport
 
@@ -81,12 +81,7 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, None)
 
 
-# 3.14+ has no child-watcher API: ferroloop watches its children itself (_subprocess.py).
-_OWN_CHILD_WATCHING = sys.version_info >= (3, 14)
-_VERSION_BASES: tuple[type, ...] = (ChildWatching,) if _OWN_CHILD_WATCHING else ()
-
-
-class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(_core.LoopCore, SignalHandlers, ServerMethods, Subprocesses, asyncio.AbstractEventLoop):  # type: ignore[misc]
     """A ferroloop event loop: `asyncio.AbstractEventLoop` on a Rust core."""
 
     # asyncio's own implementations of the cold paths, so that each interpreter version
@@ -120,7 +115,6 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
 
     if TYPE_CHECKING:
         # Bound from asyncio's selector loop by bind_network_methods().
-        _ensure_fd_no_transport: Callable[[Any], None]
         _ensure_resolved: Callable[..., Any]
 
     def __init__(self) -> None:
@@ -137,8 +131,8 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
         # Read by asyncio's Unix-server code (3.13+: unlinks socket paths on close).
         self._unix_server_sockets: dict[Any, int] = {}
         self._init_signals()
-        if _OWN_CHILD_WATCHING:
-            self._child_pidfds: dict[int, int] = {}
+        # The children ferroloop watches (pid -> transport core), released on close.
+        self._children: dict[int, Any] = {}
         self.set_debug(coroutines._is_debug_mode())  # type: ignore[attr-defined]
         self._detectors: list[_observe.BlockingDetector] = []
         for hook in _observe.new_loop_hooks:
@@ -187,8 +181,9 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
             self, host, port, family=family, type=type, proto=proto, flags=flags
         )
 
-    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
-        """Connect `sock` to `address`, resolving a host name first (asyncio's steps)."""
+    async def _sock_connect_resolving(self, sock: socket.socket, address: Any) -> None:
+        """`sock_connect` where the address may need resolving (asyncio's steps; the core's
+        `sock_connect` takes the fast path of IP literals itself)."""
         base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
@@ -237,41 +232,6 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
     ) -> WritePipeTransport:
         return WritePipeTransport(self, pipe, protocol, waiter, extra)
 
-    def _stop_serving(self, sock: socket.socket) -> None:
-        # The Unix loop's version (3.13+: unlink the socket path it created, unless the
-        # file was replaced since), without its zero-argument super().
-        path = sock.getsockname() if sock in self._unix_server_sockets else None
-        selector_events.BaseSelectorEventLoop._stop_serving(self, sock)  # type: ignore[attr-defined]
-        if path is not None:
-            prev_ino = self._unix_server_sockets.pop(sock)
-            try:
-                if os.stat(path).st_ino == prev_ino:
-                    os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as err:
-                logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
-
-    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
-        """Call `callback(*args)` whenever `fd` is readable."""
-        self._ensure_fd_no_transport(fd)
-        self._add_reader(fd, callback, *args)
-
-    def remove_reader(self, fd: Any) -> bool:
-        """Stop watching `fd` for reading; True if it was watched."""
-        self._ensure_fd_no_transport(fd)
-        return bool(self._remove_reader(fd))
-
-    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
-        """Call `callback(*args)` whenever `fd` is writable."""
-        self._ensure_fd_no_transport(fd)
-        self._add_writer(fd, callback, *args)
-
-    def remove_writer(self, fd: Any) -> bool:
-        """Stop watching `fd` for writing; True if it was watched."""
-        self._ensure_fd_no_transport(fd)
-        return bool(self._remove_writer(fd))
-
     @property
     def _selector(self) -> _SelectorView | None:
         # asyncio's transports look at their loop's selector (in their repr); a closed
@@ -289,8 +249,7 @@ class Loop(_core.LoopCore, SignalHandlers, *_VERSION_BASES, asyncio.AbstractEven
         _observe.loop_closed(self)
         self._close_core()
         self._close_signals()
-        if _OWN_CHILD_WATCHING:
-            self._close_child_watching()
+        self._close_child_watching()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:

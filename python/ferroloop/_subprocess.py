@@ -1,29 +1,239 @@
-"""Child processes on 3.14+, where asyncio has no child-watcher API any more.
+"""Child processes: `SubprocessTransport`, an `asyncio.SubprocessTransport` over the Rust
+`SubprocessTransportCore` (src/subprocess.rs), and the loop's `_make_subprocess_transport`.
 
-asyncio 3.14's Unix loop makes a private watcher in its `__init__` (`self._watcher`), which
-ferroloop's loop does not run. ferroloop watches its children itself: a pidfd on the
-poller (Linux 5.3+; no signal handler, no thread), else a thread per child that waits
-with `waitid(WNOWAIT)` and lets the loop thread reap, so that `send_signal()` can never hit
-a recycled pid. Up to 3.13 the public watcher API (`asyncio.set_child_watcher`) is asyncio's
-own, and ferroloop runs asyncio's code for it.
+The child is started with `subprocess.Popen`, as asyncio starts it: every Popen keyword
+works on every version, and CPython's `_posixsubprocess` spawns with vfork (or
+posix_spawn) where it can. The core does the rest: the pipes (on the loop's pipe
+transports), the protocol's callbacks in asyncio's order, and the exit, watched with a
+pidfd on the poller (no SIGCHLD handler, no thread per child), or where pidfds are not
+available a thread per child that waits with `waitid(WNOWAIT)` and lets the loop thread
+reap, so that `send_signal()` can never hit a recycled pid. Closing the loop releases the
+pidfds and still reaps the children.
+
+Child watchers (3.10–3.13's public `asyncio.set_child_watcher()`): asyncio's defaults,
+`ThreadedChildWatcher` and `PidfdChildWatcher`, do what ferroloop's own watching does, and
+are left unused; a watcher the program chose otherwise (`SafeChildWatcher`,
+`FastChildWatcher`, `MultiLoopChildWatcher`, its own) is used exactly as asyncio uses it.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from asyncio import tasks, unix_events
+import subprocess
+import sys
+import warnings
+from asyncio import events, tasks, transports
 from asyncio.log import logger
 from typing import Any
 
+from . import _core
 
-class ChildWatching:
-    """`Loop`'s child watching (3.14+): the pidfds it owns are closed with the loop."""
+# 3.14 removed the child-watcher API.
+_HAS_WATCHERS = sys.version_info < (3, 14)
+if _HAS_WATCHERS:
+    from asyncio import unix_events
 
-    _child_pidfds: dict[int, int]
+    _DEFAULT_WATCHERS: tuple[type, ...] = (
+        unix_events.ThreadedChildWatcher,  # type: ignore[attr-defined]
+        unix_events.PidfdChildWatcher,  # type: ignore[attr-defined]
+    )
+
+
+def _chosen_child_watcher() -> Any:
+    """The child watcher the program set, if it is one ferroloop must honour (3.10–3.13):
+    None when there is none or it is one of asyncio's defaults."""
+    if not _HAS_WATCHERS:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            watcher = events.get_child_watcher()  # type: ignore[attr-defined]
+    except NotImplementedError:
+        # A policy without watchers (not asyncio's Unix one).
+        return None
+    if type(watcher) in _DEFAULT_WATCHERS:
+        return None
+    return watcher
+
+
+class SubprocessTransport(transports.SubprocessTransport):
+    """A child process with its pipes (asyncio's `BaseSubprocessTransport` semantics)."""
+
+    _extra: dict[str, Any]
+
+    def __init__(
+        self,
+        loop: Any,
+        protocol: Any,
+        args: Any,
+        shell: bool,
+        stdin: Any,
+        stdout: Any,
+        stderr: Any,
+        bufsize: int,
+        waiter: Any,
+        extra: Any,
+        watch: bool,
+        popen_kwargs: dict[str, Any],
+    ) -> None:
+        super().__init__(extra)
+        pipe = subprocess.PIPE
+        self._core = core = _core.SubprocessTransportCore(
+            loop, protocol, self, stdin == pipe, stdout == pipe, stderr == pipe
+        )
+        try:
+            proc = subprocess.Popen(
+                args, shell=shell, stdin=stdin, stdout=stdout, stderr=stderr,
+                universal_newlines=False, bufsize=bufsize, **popen_kwargs,
+            )  # fmt: skip
+        except BaseException:
+            self.close()
+            raise
+        self._extra["subprocess"] = proc
+        if loop.get_debug():
+            program = args if isinstance(args, (bytes, str)) else args[0]
+            logger.debug("process %r created: pid %s", program, proc.pid)
+        # A loop whose connect_read_pipe/connect_write_pipe were replaced (tests patch
+        # them on the instance) gets asyncio's task, which calls them.
+        own_pipes = "connect_read_pipe" not in vars(loop) and "connect_write_pipe" not in vars(loop)
+        core._start(proc, waiter, watch, own_pipes)
+        if not own_pipes:
+            loop.create_task(self._connect_pipes(loop, proc, waiter))
+
+    async def _connect_pipes(self, loop: Any, proc: Any, waiter: Any) -> None:
+        """asyncio's `_connect_pipes`, through the loop's `connect_*_pipe` methods."""
+        core = self._core
+        try:
+            for fd, pipe in ((0, proc.stdin), (1, proc.stdout), (2, proc.stderr)):
+                if pipe is None:
+                    continue
+                connect = loop.connect_write_pipe if fd == 0 else loop.connect_read_pipe
+                proto = core._new_pipe_proto(fd)
+                await connect(lambda proto=proto: proto, pipe)
+                core._pipe_connected(fd, proto)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            core._pipes_failed(proc, waiter, exc)
+        else:
+            core._connected(waiter)
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        core = self.__dict__.get("_core")
+        if core is None:
+            return f"<{info[0]} not started>"
+        if core._closed:
+            info.append("closed")
+        pid, returncode = core.get_pid(), core.get_returncode()
+        if pid is not None:
+            info.append(f"pid={pid}")
+        if returncode is not None:
+            info.append(f"returncode={returncode}")
+        elif pid is not None:
+            info.append("running")
+        else:
+            info.append("not started")
+        pipes = core._pipes
+        stdin, stdout, stderr = pipes.get(0), pipes.get(1), pipes.get(2)
+        if stdin is not None:
+            info.append(f"stdin={stdin.pipe}")
+        if stdout is not None and stderr is stdout:
+            info.append(f"stdout=stderr={stdout.pipe}")
+        else:
+            if stdout is not None:
+                info.append(f"stdout={stdout.pipe}")
+            if stderr is not None:
+                info.append(f"stderr={stderr.pipe}")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        core = self.__dict__.get("_core")
+        if core is not None and not core._closed:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            core.close()
+
+    @property
+    def _closed(self) -> bool:
+        return self._core._closed  # type: ignore[no-any-return]
+
+    @property
+    def _proc(self) -> Any:
+        return self._core._proc
+
+    @property
+    def _loop(self) -> Any:
+        return self._core._loop
+
+    @property
+    def _protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    @property
+    def _pid(self) -> int | None:
+        return self._core.get_pid()  # type: ignore[no-any-return]
+
+    @property
+    def _returncode(self) -> int | None:
+        return self._core.get_returncode()  # type: ignore[no-any-return]
+
+    @property
+    def _pipes(self) -> dict[int, Any]:
+        return self._core._pipes  # type: ignore[no-any-return]
+
+    def get_pid(self) -> int | None:
+        return self._core.get_pid()  # type: ignore[no-any-return]
+
+    def get_returncode(self) -> int | None:
+        return self._core.get_returncode()  # type: ignore[no-any-return]
+
+    def get_pipe_transport(self, fd: int) -> Any:
+        return self._core.get_pipe_transport(fd)
+
+    def send_signal(self, signal: int) -> None:
+        self._core.send_signal(signal)
+
+    def terminate(self) -> None:
+        self._core.terminate()
+
+    def kill(self) -> None:
+        self._core.kill()
+
+    def close(self) -> None:
+        self._core.close()
+
+    def is_closing(self) -> bool:
+        return self._core.is_closing()  # type: ignore[no-any-return]
+
+    def get_protocol(self) -> Any:
+        return self._core.get_protocol()
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._core.set_protocol(protocol)
+
+    def _process_exited(self, returncode: int) -> None:
+        self._core._process_exited(returncode)
+
+    async def _wait(self) -> int:
+        """Wait until the process exits; its return code."""
+        core = self._core
+        waiter = core._exit_waiter()
+        if waiter is None:
+            return core.get_returncode()  # type: ignore[no-any-return]
+        try:
+            return await waiter  # type: ignore[no-any-return]
+        finally:
+            core._discard_exit_waiter(waiter)
+
+
+class Subprocesses:
+    """`Loop`'s child processes: asyncio's `_make_subprocess_transport` (which
+    `subprocess_exec`/`subprocess_shell` call), and releasing the children on close."""
+
+    _children: dict[int, Any]
+    create_future: Any
 
     async def _make_subprocess_transport(
-        self: Any,
+        self,
         protocol: Any,
         args: Any,
         shell: bool,
@@ -33,13 +243,37 @@ class ChildWatching:
         bufsize: int,
         extra: Any = None,
         **kwargs: Any,
-    ) -> Any:
-        waiter = self.create_future()
-        transp = unix_events._UnixSubprocessTransport(  # type: ignore[attr-defined]
-            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
-            waiter=waiter, extra=extra, **kwargs,
-        )  # fmt: skip
-        self._watch_child(transp.get_pid(), transp)
+    ) -> SubprocessTransport:
+        watcher = _chosen_child_watcher()
+        if watcher is None:
+            waiter = self.create_future()
+            transp = SubprocessTransport(
+                self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter, extra,
+                True, kwargs,
+            )  # fmt: skip
+            await self._wait_started(transp, waiter)
+            return transp
+        # The program's own child watcher, used as asyncio 3.10-3.13 use it (up to 3.11,
+        # the object its `__enter__` returns).
+        with watcher as entered:
+            if sys.version_info < (3, 12):
+                watcher = entered
+            if not watcher.is_active():
+                # Raised before the child is started, as asyncio does.
+                raise RuntimeError(
+                    "asyncio.get_child_watcher() is not activated, "
+                    "subprocess support is not installed."
+                )
+            waiter = self.create_future()
+            transp = SubprocessTransport(
+                self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter, extra,
+                False, kwargs,
+            )  # fmt: skip
+            watcher.add_child_handler(transp.get_pid(), self._child_watcher_callback, transp)
+            await self._wait_started(transp, waiter)
+        return transp
+
+    async def _wait_started(self, transp: SubprocessTransport, waiter: Any) -> None:
         try:
             await waiter
         except (SystemExit, KeyboardInterrupt):
@@ -48,66 +282,18 @@ class ChildWatching:
             transp.close()
             await tasks.shield(transp._wait())
             raise
-        return transp
 
-    def _watch_child(self: Any, pid: int, transp: Any) -> None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            # No pidfd here (old kernel, seccomp): a thread waits instead.
-            threading.Thread(
-                target=_wait_in_thread,
-                args=(self, pid, transp),
-                name=f"ferroloop-waitpid-{pid}",
-                daemon=True,
-            ).start()
-            return
-        self._child_pidfds[pidfd] = pid
-        self._add_reader(pidfd, self._child_exited, pid, pidfd, transp)
-
-    def _child_exited(self: Any, pid: int, pidfd: int, transp: Any) -> None:
-        self._remove_reader(pidfd)
-        del self._child_pidfds[pidfd]
-        os.close(pidfd)
-        transp._process_exited(_reap(pid))
+    def _child_watcher_callback(self, pid: int, returncode: int, transp: Any) -> None:
+        # A child watcher's callback, from any thread. asyncio up to 3.11 skips one more
+        # iteration before reporting the exit.
+        if sys.version_info < (3, 12):
+            self.call_soon_threadsafe(self.call_soon, transp._process_exited, returncode)  # type: ignore[attr-defined]
+        else:
+            self.call_soon_threadsafe(transp._process_exited, returncode)  # type: ignore[attr-defined]
 
     def _close_child_watching(self) -> None:
-        pidfds, self._child_pidfds = self._child_pidfds, {}
-        for pidfd, pid in pidfds.items():
-            os.close(pidfd)
-            logger.warning("Loop %r that handles pid %r is closed", self, pid)
-            # Reaped when it exits, so that no zombie is left behind.
-            threading.Thread(target=_reap, args=(pid,), daemon=True).start()
-
-
-def _reap(pid: int) -> int:
-    """Reaps the exited child `pid`; its return code as `subprocess` gives it."""
-    try:
-        _, status = os.waitpid(pid, 0)
-    except ChildProcessError:
-        # Reaped elsewhere (someone else called waitpid): asyncio reports 255.
-        logger.warning(
-            "child process pid %d exit status already read:  will report returncode 255",
-            pid,
-        )
-        return 255
-    return os.waitstatus_to_exitcode(status)
-
-
-def _wait_in_thread(loop: Any, pid: int, transp: Any) -> None:
-    try:
-        # WNOWAIT: the child stays a zombie, so its pid cannot be reused before the loop
-        # thread reaps it (send_signal() in between is safe).
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
-    except ChildProcessError:
-        pass
-    try:
-        loop.call_soon_threadsafe(_reap_and_notify, pid, transp)
-    except RuntimeError:
-        # The loop was closed meanwhile: reap here so that no zombie is left.
-        _reap(pid)
-        logger.warning("Loop %r that handles pid %r is closed", loop, pid)
-
-
-def _reap_and_notify(pid: int, transp: Any) -> None:
-    transp._process_exited(_reap(pid))
+        """The loop closes: children still running give back their pidfds, and are
+        reaped in the background once they exit (no zombie)."""
+        children, self._children = self._children, {}
+        for core in children.values():
+            core._loop_closed(self)

@@ -6,7 +6,9 @@
 //! finishes the registration is left in place, disabled ("parked"), and the next call
 //! re-arms it with one `epoll_ctl(MOD)` instead of an `ADD` and a `DEL` per call. A
 //! disabled registration never reports anything, so one that outlives its socket (a
-//! closed fd whose file lives on through a `dup`) cannot wake the loop.
+//! closed fd whose file lives on through a `dup`) cannot wake the loop. An fd whose last
+//! `add_reader`/`add_writer` watcher is removed is parked the same way (one `MOD` that
+//! disables it), so that watching it again costs a `MOD`, not a `DEL` and an `ADD`.
 
 use std::collections::HashMap;
 use std::os::fd::RawFd;
@@ -174,6 +176,11 @@ impl Fds {
     /// Removes the handle for `dir`, if any, and returns what was released. `fileobj`:
     /// what the caller named the fd by, the registration's object from now on if
     /// another direction stays watched (selectors re-registers it).
+    ///
+    /// The last watcher's removal parks the fd instead of deleting its registration: it
+    /// stays in epoll, disabled (one-shot with no events: at most one error or hang-up
+    /// can still be reported, which finds no watcher), so watching it again is one
+    /// `epoll_ctl(MOD)` rather than a `DEL` now and an `ADD` then.
     pub(crate) fn remove(
         &mut self,
         poller: &Poller,
@@ -184,26 +191,25 @@ impl Fds {
         let Some(entry) = self.map.get_mut(&fd) else {
             return Ok((None, fileobj));
         };
-        let was_parked = std::mem::take(&mut entry.parked);
-        if was_parked {
-            self.parked -= 1;
-        }
-        let old = entry.slot(dir).take();
-        if old.is_none() && !was_parked {
+        let Some(old) = entry.slot(dir).take() else {
+            // Not watched for `dir` (a parked fd included): nothing changes.
             return Ok((None, fileobj));
-        }
+        };
         let (r, w) = entry.interest();
-        let old_fileobj = if !r && !w {
-            self.map.remove(&fd).and_then(|e| e.fileobj)
-        } else {
-            entry.oneshot = false;
-            match fileobj {
-                Some(f) => entry.fileobj.replace(f),
-                None => None,
-            }
+        entry.oneshot = false;
+        if !r && !w {
+            poller.disable(fd)?;
+            entry.parked = true;
+            self.parked += 1;
+            drop(fileobj);
+            return Ok((Some(old), entry.fileobj.take()));
+        }
+        let old_fileobj = match fileobj {
+            Some(f) => entry.fileobj.replace(f),
+            None => None,
         };
         poller.set_interest(fd, true, r, w, false)?;
-        Ok((old, old_fileobj))
+        Ok((Some(old), old_fileobj))
     }
 
     /// Empties the registry; the caller drops what it returns once no borrow is held.

@@ -394,6 +394,46 @@ impl LoopCore {
         Ok(())
     }
 
+    /// Calls `callback(*args)` whenever `fd` is readable (asyncio's `add_reader`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::add_io(slf, fd, callback, args, Dir::Read, None).map(drop)
+    }
+
+    /// Calls `callback(*args)` whenever `fd` is writable (asyncio's `add_writer`).
+    #[pyo3(signature = (fd, callback, *args))]
+    fn add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::add_io(slf, fd, callback, args, Dir::Write, None).map(drop)
+    }
+
+    /// Stops watching `fd` for reading; True if it was watched.
+    fn remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::remove_io(slf, fd, Dir::Read)
+    }
+
+    /// Stops watching `fd` for writing; True if it was watched.
+    fn remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Self::ensure_fd_no_transport(slf, fd)?;
+        Self::remove_io(slf, fd, Dir::Write)
+    }
+
+    fn _ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
+        Self::ensure_fd_no_transport(slf, fd)
+    }
+
     /// Watches `fd` (asyncio's `_add_reader`: no transport check; returns the handle).
     /// `context=` as 3.15's transports pass it.
     #[pyo3(signature = (fd, callback, *args, context=None))]
@@ -507,13 +547,36 @@ impl LoopCore {
         SockCall::create(slf, sock, Op::Accept)
     }
 
+    /// `sock_connect`: an address that needs no resolution on a plain non-blocking
+    /// socket is connected natively; any other goes through asyncio's steps
+    /// (`Loop._sock_connect_resolving`, which resolves it, then `_sock_connect_resolved`).
+    fn sock_connect(
+        slf: &Bound<'_, Self>,
+        sock: &Bound<'_, PyAny>,
+        address: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        if let Some((sa, resolved)) = crate::sock_ops::numeric_address(sock, address) {
+            let op = Op::Connect(resolved.unbind(), false, Some(sa));
+            return Ok(SockCall::create(slf, sock, op)?.into_any());
+        }
+        let slow = slf.call_method1(
+            pyo3::intern!(slf.py(), "_sock_connect_resolving"),
+            (sock, address),
+        )?;
+        Ok(slow.unbind())
+    }
+
     /// The connect step of `Loop.sock_connect`, once the address is resolved.
     fn _sock_connect_resolved(
         slf: &Bound<'_, Self>,
         sock: &Bound<'_, PyAny>,
         address: &Bound<'_, PyAny>,
     ) -> PyResult<Py<SockCall>> {
-        SockCall::create(slf, sock, Op::Connect(address.clone().unbind(), false))
+        SockCall::create(
+            slf,
+            sock,
+            Op::Connect(address.clone().unbind(), false, None),
+        )
     }
 
     /// `asyncio.futures.Future(loop=self)`, the class looked up at each call as asyncio

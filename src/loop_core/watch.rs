@@ -1,19 +1,20 @@
 //! Watching fds: `add_reader`/`add_writer` and their removal with selectors' lookup
-//! rules, the socket calls' one-shot registrations, and the count of waiting socket calls
-//! whose sockets the loop checks for a close().
+//! rules and asyncio's check that no transport uses the fd, the socket calls' one-shot
+//! registrations, and the count of waiting socket calls whose sockets the loop checks
+//! for a close().
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyInt, PyTuple};
 
 use super::deadline::When;
 use super::fds::{self, Dir, Fds};
 use super::handles::Handle;
 use super::{LoopCore, SOCK_CHECK_INTERVAL};
 use crate::clock;
-use crate::errors::{closed_error, fd_overflow, fileobj_to_fd, os_error};
+use crate::errors::{closed_error, fd_overflow, fileobj_to_fd, os_error, repr};
 use crate::poller::Poller;
 use crate::sock_ops::SockCall;
 
@@ -290,10 +291,60 @@ impl LoopCore {
         drop(old_fileobj);
         match old {
             Some(old) => {
-                old.bind(py).call_method0("cancel")?;
+                Handle::do_cancel(old.bind(py))?;
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// asyncio's `_ensure_fd_no_transport`: a RuntimeError for an fd that a transport
+    /// still uses (`loop._transports`, a WeakValueDictionary: its dict is looked at
+    /// first, so an fd without a transport costs no Python call).
+    pub(crate) fn ensure_fd_no_transport(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let fileno = if fd.is_instance_of::<PyInt>() {
+            fd.clone()
+        } else {
+            // selectors' _fileobj_to_fd conversion, as asyncio repeats it here.
+            let invalid = |e: PyErr| {
+                if e.is_instance_of::<PyAttributeError>(py)
+                    || e.is_instance_of::<PyTypeError>(py)
+                    || e.is_instance_of::<PyValueError>(py)
+                {
+                    PyValueError::new_err(format!("Invalid file object: {}", repr(fd)))
+                } else {
+                    e
+                }
+            };
+            let n = fd
+                .call_method0(pyo3::intern!(py, "fileno"))
+                .map_err(invalid)?;
+            py.get_type::<PyInt>().call1((n,)).map_err(invalid)?
+        };
+        let transports = slf.getattr(pyo3::intern!(py, "_transports"))?;
+        let known = transports
+            .getattr(pyo3::intern!(py, "data"))
+            .and_then(|d| d.contains(&fileno))
+            .unwrap_or(true);
+        if !known {
+            return Ok(());
+        }
+        let transport = transports.call_method1(pyo3::intern!(py, "get"), (&fileno,))?;
+        if transport.is_truthy()?
+            && !transport
+                .call_method0(pyo3::intern!(py, "is_closing"))?
+                .is_truthy()?
+        {
+            return Err(PyRuntimeError::new_err(format!(
+                "File descriptor {} is used by transport {}",
+                repr(fd),
+                repr(&transport)
+            )));
+        }
+        Ok(())
     }
 }

@@ -8,11 +8,13 @@ use nix::libc;
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyBlockingIOError, PyBufferError, PyInterruptedError, PyOSError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyInt, PyMemoryView};
+use pyo3::types::{PyBytes, PyInt, PyMemoryView, PyTuple};
 
+use super::connect::{connect, connect_result, SockAddr};
 use super::SockCall;
 use crate::errors::os_error;
 use crate::loop_core::fds::Dir;
+use crate::syscalls::accept::{accept_socket, converted_family, socket_kind};
 use crate::syscalls::{recv_bytes, recv_into_buffer, send_native};
 
 /// Reads asked for more than this go through `socket.recv`, which allocates the whole
@@ -30,8 +32,9 @@ pub(crate) enum Op {
     /// and how much of it was sent.
     SendAll(Py<PyAny>, usize),
     SendTo(Py<PyAny>, Py<PyAny>),
-    /// The address, and whether `connect()` was called (then completion is SO_ERROR).
-    Connect(Py<PyAny>, bool),
+    /// The address, whether `connect()` was called (then completion is SO_ERROR), and
+    /// the sockaddr when the fast path made one (`connect.rs`).
+    Connect(Py<PyAny>, bool, Option<SockAddr>),
     Accept,
 }
 
@@ -60,7 +63,7 @@ impl Op {
     pub(super) fn objects(&self) -> impl Iterator<Item = &Py<PyAny>> {
         let (a, b) = match self {
             Op::Recv(a) | Op::RecvInto(a) | Op::RecvFrom(a) | Op::SendAll(a, _) => (Some(a), None),
-            Op::Connect(a, _) => (Some(a), None),
+            Op::Connect(a, ..) => (Some(a), None),
             Op::RecvFromInto(a, b) | Op::SendTo(a, b) => (Some(a), Some(b)),
             Op::Accept => (None, None),
         };
@@ -104,7 +107,7 @@ impl SockCall {
                 Some(Op::RecvFromInto(b, n)) => Op::RecvFromInto(b.clone_ref(py), n.clone_ref(py)),
                 Some(Op::SendAll(d, pos)) => Op::SendAll(d.clone_ref(py), *pos),
                 Some(Op::SendTo(d, a)) => Op::SendTo(d.clone_ref(py), a.clone_ref(py)),
-                Some(Op::Connect(a, started)) => Op::Connect(a.clone_ref(py), *started),
+                Some(Op::Connect(a, started, sa)) => Op::Connect(a.clone_ref(py), *started, *sa),
                 Some(Op::Accept) => Op::Accept,
                 None => return Ok(Attempt::WouldBlock),
             };
@@ -153,45 +156,80 @@ impl SockCall {
                 py,
                 sock.call_method1(pyo3::intern!(py, "sendto"), (data, 0, addr)),
             ),
-            Op::Accept => match would_block(py, sock.call_method0(pyo3::intern!(py, "accept")))? {
-                Attempt::Done(pair) => {
-                    let conn = pair.get_item(0)?;
-                    conn.call_method1(pyo3::intern!(py, "setblocking"), (false,))?;
-                    Ok(Attempt::Done(pair))
+            Op::Accept if native => {
+                let kind = socket_kind(sock)?;
+                if !converted_family(kind.0) {
+                    return Self::accept_python(sock);
                 }
-                Attempt::WouldBlock => Ok(Attempt::WouldBlock),
-            },
-            Op::Connect(addr, false) => {
+                match accept_socket(py, fd, kind)? {
+                    Ok(Some((conn, addr))) => {
+                        Ok(Attempt::Done(PyTuple::new(py, [conn, addr])?.into_any()))
+                    }
+                    Ok(None) => Ok(Attempt::WouldBlock),
+                    Err(e) => Err(os_error(e)),
+                }
+            }
+            Op::Accept => Self::accept_python(sock),
+            Op::Connect(_, false, Some(sa)) if native => {
+                let r = connect(fd, &sa);
+                Self::connect_started(slf);
+                match r {
+                    Ok(true) => Ok(Attempt::Done(py.None().into_bound(py))),
+                    Ok(false) => Ok(Attempt::WouldBlock),
+                    Err(e) => Err(os_error(e)),
+                }
+            }
+            Op::Connect(addr, false, _) => {
                 let r = would_block(
                     py,
                     sock.call_method1(pyo3::intern!(py, "connect"), (&addr,)),
                 );
-                if let Some(Op::Connect(_, started)) = &mut slf.get().st.borrow_mut(py).op {
-                    *started = true;
-                }
+                Self::connect_started(slf);
                 match r? {
                     Attempt::Done(_) => Ok(Attempt::Done(py.None().into_bound(py))),
                     Attempt::WouldBlock => Ok(Attempt::WouldBlock),
                 }
             }
-            Op::Connect(addr, true) => {
-                let err = sock.call_method1(
-                    pyo3::intern!(py, "getsockopt"),
-                    (libc::SOL_SOCKET, libc::SO_ERROR),
-                );
-                match would_block(py, err)? {
-                    Attempt::WouldBlock => Ok(Attempt::WouldBlock),
-                    Attempt::Done(err) => {
-                        let err: i32 = err.extract()?;
-                        if err != 0 {
-                            let msg = format!("Connect call failed {}", addr.bind(py).str()?);
-                            return Err(PyOSError::new_err((err, msg)));
-                        }
-                        Ok(Attempt::Done(py.None().into_bound(py)))
+            Op::Connect(addr, true, sa) => {
+                let err = if sa.is_some() && native {
+                    connect_result(fd).map_err(os_error)?
+                } else {
+                    let err = sock.call_method1(
+                        pyo3::intern!(py, "getsockopt"),
+                        (libc::SOL_SOCKET, libc::SO_ERROR),
+                    );
+                    match would_block(py, err)? {
+                        Attempt::WouldBlock => return Ok(Attempt::WouldBlock),
+                        Attempt::Done(err) => err.extract()?,
                     }
+                };
+                if err != 0 {
+                    let msg = format!("Connect call failed {}", addr.bind(py).str()?);
+                    return Err(PyOSError::new_err((err, msg)));
                 }
+                Ok(Attempt::Done(py.None().into_bound(py)))
             }
             Op::SendAll(data, pos) => Self::send_some(slf, sock, data.bind(py), pos, fd, native),
+        }
+    }
+
+    /// asyncio's own calls: `sock.accept()`, then `conn.setblocking(False)`.
+    fn accept_python<'py>(sock: &Bound<'py, PyAny>) -> PyResult<Attempt<'py>> {
+        let py = sock.py();
+        match would_block(py, sock.call_method0(pyo3::intern!(py, "accept")))? {
+            Attempt::Done(pair) => {
+                let conn = pair.get_item(0)?;
+                conn.call_method1(pyo3::intern!(py, "setblocking"), (false,))?;
+                Ok(Attempt::Done(pair))
+            }
+            Attempt::WouldBlock => Ok(Attempt::WouldBlock),
+        }
+    }
+
+    /// After the first connect(): completion is told by SO_ERROR.
+    fn connect_started(slf: &Bound<'_, Self>) {
+        if let Some(Op::Connect(_, started, _)) = &mut slf.get().st.borrow_mut(slf.py()).op {
+            *started = true;
         }
     }
 

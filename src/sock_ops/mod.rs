@@ -27,10 +27,12 @@ use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
 
 mod attempt;
+mod connect;
 mod hold;
 
 use attempt::Attempt;
 pub(crate) use attempt::Op;
+pub(crate) use connect::numeric_address;
 
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SSL_SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
