@@ -23,6 +23,7 @@ import contextlib
 import errno
 import functools
 import gc
+import io
 import os
 import random
 import resource
@@ -2430,6 +2431,58 @@ def test_sock_sendfile(loop, mib_file):
             return bytes(got + more)
 
     check_bytes(run(loop, main()), data + data[10:100])
+
+
+def test_sock_sendfile_edges(loop, mib_file, tmp_path):
+    """The native path's edges: an empty file, a count past the end, a file without
+    fileno() (falls back, or SendfileNotAvailableError without fallback), a peer that
+    goes away mid-way, and a cancelled call."""
+    path, data = mib_file
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    big = tmp_path / "big"
+    big.write_bytes(pattern(MiB, seed=3) * 32)  # more than the socket buffers take
+
+    async def main():
+        csock, conn = await _socket_pair_via_loop(loop)
+        with csock, conn:
+            with open(empty, "rb") as f:
+                assert await loop.sock_sendfile(csock, f) == 0
+            with open(path, "rb") as f:
+                assert await loop.sock_sendfile(csock, f, len(data) - 10, 100) == 10
+                assert f.tell() == len(data)
+            got = b""
+            while len(got) < 10:
+                got += await loop.sock_recv(conn, 100)
+            assert got == data[-10:]
+            buffered = io.BytesIO(b"through a pipe")  # no fileno()
+            with pytest.raises(asyncio.SendfileNotAvailableError):
+                await loop.sock_sendfile(csock, buffered, fallback=False)
+            assert await loop.sock_sendfile(csock, buffered) == len(b"through a pipe")
+            got = b""
+            while len(got) < 14:
+                got += await loop.sock_recv(conn, 100)
+            assert got == b"through a pipe"
+            # Cancelled while waiting for the socket: the file stays after the bytes sent.
+            with open(big, "rb") as f:
+                sending = asyncio.create_task(loop.sock_sendfile(csock, f))
+                await asyncio.sleep(0.05)
+                sending.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await sending
+                # Some bytes went, not all; asyncio leaves the file position alone.
+                assert f.tell() == 0
+                assert 0 < len(await loop.sock_recv(conn, MiB))
+        csock2, conn2 = await _socket_pair_via_loop(loop)
+        with csock2, open(big, "rb") as f:
+            sending = asyncio.create_task(loop.sock_sendfile(csock2, f))
+            await asyncio.sleep(0.05)
+            reset(conn2)
+            with pytest.raises(OSError) as info:
+                await sending
+            assert info.value.errno in (errno.EPIPE, errno.ECONNRESET)
+
+    run(loop, main())
 
 
 # --------------------------------------------------------------------------- UDP

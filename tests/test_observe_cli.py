@@ -110,7 +110,7 @@ def test_dump_on_signal(tmp_path):
             import asyncio
 
             async def worker():
-                await asyncio.sleep(60)
+                await asyncio.sleep(30)
 
             async def main():
                 tasks = [asyncio.create_task(worker(), name=f"w{i}") for i in range(2)]
@@ -133,7 +133,15 @@ def test_dump_on_signal(tmp_path):
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGUSR1)
         assert proc.stderr is not None
-        lines = [proc.stderr.readline() for _ in range(10)]
+        # Read until both workers' sleeps are listed (the dump's length varies by
+        # version); if it never comes, the program ends after its sleep and readline()
+        # returns "".
+        lines: list[str] = []
+        while "".join(lines).count("sleep ") < 2:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
     finally:
         proc.kill()
         proc.communicate()

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _core, _observe
+from ._connections import ConnectionMethods
 from ._datagram import DatagramTransport
 from ._network import bind_network_methods
 from ._pipes import ReadPipeTransport, WritePipeTransport
@@ -81,7 +82,14 @@ class _SelectorView:
         return selectors.SelectorKey(fileobj, fd, events, None)
 
 
-class Loop(_core.LoopCore, SignalHandlers, ServerMethods, Subprocesses, asyncio.AbstractEventLoop):  # type: ignore[misc]
+class Loop(  # type: ignore[misc]
+    _core.LoopCore,
+    SignalHandlers,
+    ServerMethods,
+    ConnectionMethods,
+    Subprocesses,
+    asyncio.AbstractEventLoop,
+):
     """A ferroloop event loop: `asyncio.AbstractEventLoop` on a Rust core."""
 
     # asyncio's own implementations of the cold paths, so that each interpreter version

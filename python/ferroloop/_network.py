@@ -1,25 +1,23 @@
-"""Networking and subprocesses around the Rust transports, for now: asyncio's own
-selector-loop implementation (BaseSelectorEventLoop and the Unix loop) bound to `Loop`,
-running over the Rust poller (the stream, datagram and pipe transports it makes are
-ferroloop's: `Loop._make_*_transport`).
+"""The public cold paths of asyncio's `base_events.BaseEventLoop` bound to `Loop`: name
+resolution, `create_connection` (happy eyeballs included), `create_datagram_endpoint`'s
+address handling, `sendfile`'s checks and fallback, `connect_*_pipe`, `subprocess_*`'s
+argument checks. They are the same code on every event loop (uvloop's included) and
+only call the loop's public methods and the `_make_*_transport` factories, which are
+ferroloop's own; no function of the selector loops (selector_events, unix_events) is
+bound.
 
-Everything those classes define that `Loop` does not is bound, except their private
-plumbing of the selector, the self-pipe and the run step, which the Rust core replaces.
-The Rust transports of the networking milestone take these over one by one.
+Everything `BaseEventLoop` defines that `Loop` does not is bound, except the run step's
+private plumbing, which the Rust core replaces.
 """
 
 from __future__ import annotations
 
 import types
-from asyncio import base_events, selector_events, unix_events
+from asyncio import base_events
 
-_SOURCES: tuple[type, ...] = (
-    unix_events._UnixSelectorEventLoop,  # type: ignore[attr-defined]
-    selector_events.BaseSelectorEventLoop,
-    base_events.BaseEventLoop,
-)
+_SOURCES: tuple[type, ...] = (base_events.BaseEventLoop,)
 
-# The selector loops' own machinery, which ferroloop's core replaces.
+# The base loop's own machinery, which ferroloop's core replaces.
 _REPLACED = frozenset(
     {
         "__init__",

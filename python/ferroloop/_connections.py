@@ -1,0 +1,234 @@
+"""Unix-socket connections and sendfile(2): ferroloop's versions of what asyncio's selector
+loop implements for them (unix_events.py, selector_events.py), over the Rust poller and
+transports, so no function of the selector loops is bound to `Loop`.
+
+Both are cold or kernel-bound paths (one `sendfile(2)` moves as much as the socket buffer
+takes), so they stay Python; what they call (`sock_connect`, `add_writer`, the stream
+transport) is native.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+import sys
+from typing import Any
+
+from asyncio import exceptions
+
+# 3.14 leaves the file position at the end offset whatever happened (unix_events'
+# `_sock_sendfile_update_filepos(fileno, offset)`); before, only when bytes were sent.
+_SEEK_ALWAYS = sys.version_info >= (3, 14)
+
+
+class ConnectionMethods:
+    """`create_unix_connection` and the native paths of `sock_sendfile`/`sendfile`."""
+
+    _transports: Any
+
+    if sys.version_info >= (3, 11):
+
+        async def create_unix_connection(
+            self,
+            protocol_factory: Any,
+            path: Any = None,
+            *,
+            ssl: Any = None,
+            sock: Any = None,
+            server_hostname: Any = None,
+            ssl_handshake_timeout: Any = None,
+            ssl_shutdown_timeout: Any = None,
+        ) -> Any:
+            if not ssl and ssl_shutdown_timeout is not None:
+                _check_plain(server_hostname, ssl_handshake_timeout)
+                raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+            return await self._unix_connection(
+                protocol_factory,
+                path,
+                ssl,
+                sock,
+                server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout,
+            )
+
+    else:
+
+        async def create_unix_connection(  # type: ignore[misc]
+            self,
+            protocol_factory: Any,
+            path: Any = None,
+            *,
+            ssl: Any = None,
+            sock: Any = None,
+            server_hostname: Any = None,
+            ssl_handshake_timeout: Any = None,
+        ) -> Any:
+            return await self._unix_connection(
+                protocol_factory,
+                path,
+                ssl,
+                sock,
+                server_hostname,
+                ssl_handshake_timeout=ssl_handshake_timeout,
+            )
+
+    async def _unix_connection(
+        self, protocol_factory: Any, path: Any, ssl: Any, sock: Any, server_hostname: Any, **tls: Any
+    ) -> Any:
+        assert server_hostname is None or isinstance(server_hostname, str)
+        if ssl:
+            if server_hostname is None:
+                raise ValueError("you have to pass server_hostname when using ssl")
+        else:
+            _check_plain(server_hostname, tls["ssl_handshake_timeout"])
+        if path is not None:
+            if sock is not None:
+                raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+            try:
+                sock.setblocking(False)
+                await self.sock_connect(sock, path)  # type: ignore[attr-defined]
+            except BaseException:
+                sock.close()
+                raise
+        else:
+            if sock is None:
+                raise ValueError("no path and sock were specified")
+            if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
+            sock.setblocking(False)
+        transport, protocol = await self._create_connection_transport(  # type: ignore[attr-defined]
+            sock, protocol_factory, ssl, server_hostname, **tls
+        )
+        return transport, protocol
+
+    async def _sock_sendfile_native(self, sock: Any, file: Any, offset: int, count: Any) -> int:
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0  # an empty file
+        fut = self.create_future()  # type: ignore[attr-defined]
+        _Sendfile(self, fut, sock, fileno, offset, count, blocksize).step(None)
+        return await fut  # type: ignore[no-any-return]
+
+    async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: Any) -> int:
+        # The transport steps aside while the socket is written directly: reading paused,
+        # its buffer drained first, and it is not the fd's transport meanwhile.
+        del self._transports[transp._sock_fd]
+        resume_reading = transp.is_reading()
+        transp.pause_reading()
+        await transp._make_empty_waiter()
+        try:
+            return await self.sock_sendfile(  # type: ignore[attr-defined,no-any-return]
+                transp._sock, file, offset, count, fallback=False
+            )
+        finally:
+            transp._reset_empty_waiter()
+            if resume_reading:
+                transp.resume_reading()
+            self._transports[transp._sock_fd] = transp
+
+
+def _check_plain(server_hostname: Any, ssl_handshake_timeout: Any) -> None:
+    if server_hostname is not None:
+        raise ValueError("server_hostname is only meaningful with ssl")
+    if ssl_handshake_timeout is not None:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+
+
+class _Sendfile:
+    """One `sock_sendfile` in progress: `sendfile(2)` while the socket takes bytes, then a
+    writer watch until it is writable again (asyncio's semantics: errors before the first
+    byte are `SendfileNotAvailableError`, so the caller falls back to reads and sends;
+    ENOTCONN mid-way is a ConnectionError; the file position ends after the bytes sent)."""
+
+    __slots__ = ("loop", "fut", "sock", "fileno", "offset", "count", "blocksize", "sent", "fd")
+
+    def __init__(
+        self, loop: Any, fut: Any, sock: Any, fileno: int, offset: int, count: Any, blocksize: int
+    ) -> None:
+        self.loop = loop
+        self.fut = fut
+        self.sock = sock
+        self.fileno = fileno
+        self.offset = offset
+        self.count = count
+        # On 32-bit platforms os.sendfile() takes at most 1 GiB.
+        self.blocksize = min(blocksize, sys.maxsize // 2 + 1)
+        self.sent = 0
+        self.fd: int | None = None
+
+    def step(self, registered_fd: int | None) -> None:
+        fut = self.fut
+        if registered_fd is not None:
+            # One watch per wait: it is rare that a writable socket still says EAGAIN.
+            self.loop.remove_writer(registered_fd)
+        if fut.cancelled():
+            self.seek()
+            return
+        if self.count:
+            self.blocksize = min(self.blocksize, self.count - self.sent)
+            if self.blocksize <= 0:
+                self.seek()
+                fut.set_result(self.sent)
+                return
+        fd = self.sock.fileno()
+        try:
+            n = os.sendfile(fd, self.fileno, self.offset, self.blocksize)
+        except (BlockingIOError, InterruptedError):
+            self.wait(fd, registered_fd)
+        except OSError as exc:
+            if (
+                registered_fd is not None
+                and exc.errno == errno.ENOTCONN
+                and type(exc) is not ConnectionError
+            ):
+                # The connection closed mid-way: the same error on every POSIX system.
+                new_exc = ConnectionError("socket is not connected", errno.ENOTCONN)
+                new_exc.__cause__ = exc
+                exc = new_exc
+            self.seek()
+            if self.sent == 0:
+                # Not a regular mmap(2)-able file, most often: the caller falls back.
+                fut.set_exception(exceptions.SendfileNotAvailableError("os.sendfile call failed"))
+            else:
+                fut.set_exception(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.seek()
+            fut.set_exception(exc)
+        else:
+            if n == 0:  # end of file
+                self.seek()
+                fut.set_result(self.sent)
+            else:
+                self.offset += n
+                self.sent += n
+                self.wait(fd, registered_fd)
+
+    def wait(self, fd: int, registered_fd: int | None) -> None:
+        if registered_fd is None:
+            self.fut.add_done_callback(self.cancelled)
+        self.loop.add_writer(fd, self.step, fd)
+
+    def cancelled(self, fut: Any) -> None:
+        if fut.cancelled():
+            fd = self.sock.fileno()
+            if fd != -1:
+                self.loop.remove_writer(fd)
+
+    def seek(self) -> None:
+        if _SEEK_ALWAYS or self.sent > 0:
+            os.lseek(self.fileno, self.offset, os.SEEK_SET)
