@@ -178,7 +178,7 @@ def main() -> None:
         trows = [(f"{ROWS[r][0]} (per {ROWS[r][1]})", samples(r, key)) for r in rows]
         labels = {f"{ROWS[r][0]} (per {ROWS[r][1]})": ROWS[r][0] for r in rows}
         h, rws, _ = net.metric_table(
-            trows, loops, hb, fmt, unit, lambda lbl, k: cell_error(labels[lbl], k)
+            trows, loops, hb, fmt, unit, lambda lbl, k, labels=labels: cell_error(labels[lbl], k)
         )
         tables.append((title, h, rws))
     head = (

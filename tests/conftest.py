@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import ferroloop
@@ -44,3 +46,13 @@ def loop(
         del lp
         gc.collect()
         assert _open_fds() <= before, "file descriptors leaked by the loop"
+
+
+@pytest.fixture
+def unix_dir() -> Iterator[str]:
+    """A private directory with a short path (AF_UNIX paths are limited to 107 bytes)."""
+    d = tempfile.mkdtemp(prefix="flnet-", dir="/tmp")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

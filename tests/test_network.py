@@ -27,11 +27,9 @@ import io
 import os
 import random
 import resource
-import shutil
 import socket
 import struct
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
@@ -179,16 +177,6 @@ def nofile_at_least(need: int) -> Iterator[None]:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-@pytest.fixture
-def unix_dir() -> Iterator[str]:
-    """A private directory with a short path (AF_UNIX paths are limited to 107 bytes)."""
-    d = tempfile.mkdtemp(prefix="flnet-", dir="/tmp")
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Peer(asyncio.Protocol):

@@ -17,7 +17,6 @@ import socket
 import sys
 
 import pytest
-
 from test_network import (  # noqa: F401  (the autouse fixture: unexpected errors fail)
     LOCAL4,
     PY312,
@@ -28,7 +27,6 @@ from test_network import (  # noqa: F401  (the autouse fixture: unexpected error
     _no_unexpected_errors,
     needs_313,
     run,
-    unix_dir,
 )
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 import pytest
-
 from test_network import DEADLINE, Collector, open_fds, run
 
 pytestmark = pytest.mark.timeout(120)

@@ -43,17 +43,16 @@ except ImportError as exc:  # the test command installs requirements/test.txt an
 
 from test_network import (  # noqa: F401  (_no_unexpected_errors: autouse, fails on handler calls)
     HEAVY,
-    KiB,
     LOCAL4,
-    MiB,
     Collector,
+    KiB,
+    MiB,
     Peer,
     Peers,
     _no_unexpected_errors,
     check_bytes,
     pattern,
     run,
-    unix_dir,
 )
 
 PY311 = sys.version_info >= (3, 11)

@@ -14,9 +14,8 @@ import io
 import os
 import socket
 import sys
-from typing import Any
-
 from asyncio import exceptions
+from typing import Any
 
 # 3.14 leaves the file position at the end offset whatever happened (unix_events'
 # `_sock_sendfile_update_filepos(fileno, offset)`); before, only when bytes were sent.
@@ -76,7 +75,13 @@ class ConnectionMethods:
             )
 
     async def _unix_connection(
-        self, protocol_factory: Any, path: Any, ssl: Any, sock: Any, server_hostname: Any, **tls: Any
+        self,
+        protocol_factory: Any,
+        path: Any,
+        ssl: Any,
+        sock: Any,
+        server_hostname: Any,
+        **tls: Any,
     ) -> Any:
         assert server_hostname is None or isinstance(server_hostname, str)
         if ssl:

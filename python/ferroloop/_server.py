@@ -350,13 +350,10 @@ class ServerMethods:
                     if not _PY313:
                         raise OSError(
                             err.errno,
-                            "error while attempting to bind on address %r: %s"
-                            % (sa, err.strerror.lower()),
+                            f"error while attempting to bind on address {sa!r}: "
+                            f"{err.strerror.lower()}",
                         ) from None
-                    msg = "error while attempting to bind on address %r: %s" % (
-                        sa,
-                        str(err).lower(),
-                    )
+                    msg = f"error while attempting to bind on address {sa!r}: {str(err).lower()}"
                     if err.errno == errno.EADDRNOTAVAIL:
                         # 3.13+: assume the family is not enabled (bpo-30945).
                         sockets.pop()
@@ -367,7 +364,7 @@ class ServerMethods:
                     raise OSError(err.errno, msg) from None
             if _PY313 and not sockets:
                 raise OSError(
-                    "could not bind on any address out of %r" % ([info[4] for info in infos],)
+                    f"could not bind on any address out of {[info[4] for info in infos]!r}"
                 )
             completed = True
         finally:
