@@ -66,8 +66,10 @@ STOCK_HAS_GH_142352 = "_stream_reader" in inspect.getsource(
 )
 # gh-160520 (CPython 3.14.10): ssl_shutdown_timeout holds while the transport underneath
 # flushes to a peer that stopped reading. ferroloop: on every version.
-STOCK_HAS_GH_160520 = "connection_lost()" in inspect.getsource(
-    asyncio.sslproto.SSLProtocol._on_shutdown_complete
+# (3.10's older sslproto has no shutdown timeout at all; its tests are 3.11+.)
+_ON_SHUTDOWN = getattr(asyncio.sslproto.SSLProtocol, "_on_shutdown_complete", None)
+STOCK_HAS_GH_160520 = _ON_SHUTDOWN is not None and "connection_lost()" in inspect.getsource(
+    _ON_SHUTDOWN
 )
 
 
@@ -79,6 +81,24 @@ def stock_bug(reason: str, fixed: bool) -> pytest.MarkDecorator:
             pytest.param(
                 "asyncio",
                 marks=pytest.mark.xfail(not fixed, strict=True, reason=f"asyncio bug: {reason}"),
+            ),
+            "ferroloop",
+        ],
+        indirect=True,
+    )
+
+
+def old_sslproto_differs(what: str) -> pytest.MarkDecorator:
+    """Strict xfail on the stock param of 3.10, whose sslproto predates 3.11's rewrite;
+    ferroloop gives 3.10 programs 3.11's TLS semantics (python/ferroloop/_tls.py)."""
+    return pytest.mark.parametrize(
+        "loop_factory",
+        [
+            pytest.param(
+                "asyncio",
+                marks=pytest.mark.xfail(
+                    not PY311, strict=True, reason=f"3.10's older sslproto: {what}"
+                ),
             ),
             "ferroloop",
         ],
@@ -356,6 +376,7 @@ def test_heavy_16mib_both_ways(loop, certs, api):
     check_bytes(run(loop, main(), deadline=150), payload)
 
 
+@old_sslproto_differs("no eof_received() before connection_lost()")
 def test_lifecycle_and_extra_info(loop, certs):
     """connection_made once the handshake is done, data, close_notify on close(): the peer
     sees eof_received then connection_lost(None); get_extra_info's TLS keys."""
@@ -668,7 +689,7 @@ def test_buffered_protocol(loop, certs, size):
 @stock_bug(
     "a read that does not fill a bytearray buffer goes on into buf[offset:], a copy, and "
     "those bytes are lost",
-    fixed=False,
+    fixed=not PY311,  # 3.10's older sslproto has no BufferedProtocol path
 )
 @pytest.mark.parametrize("size", [1000, 64 * KiB])
 def test_buffered_protocol_bytearray(loop, certs, size):
@@ -736,6 +757,7 @@ def test_write_flow_control(loop, certs):
     run(loop, main(), deadline=120)
 
 
+@old_sslproto_differs("other default write-buffer limits")
 def test_write_buffer_limits_validation(loop, certs):
     async def main() -> None:
         server, peers = await tls_listen(certs.server())
@@ -811,6 +833,7 @@ def test_abort(loop, certs):
     run(loop, main())
 
 
+@old_sslproto_differs("no eof_received() on the peer's close_notify")
 def test_peer_close_notify_then_eof(loop, certs):
     """The peer's close_notify: data before it, eof_received(), then connection_lost(None);
     a true return from eof_received() has no effect, as asyncio warns."""
@@ -869,6 +892,7 @@ def test_tcp_eof_without_close_notify(loop, certs):
     peer.join()
 
 
+@old_sslproto_differs("no warning for writes after close()")
 def test_write_after_close_warns(loop, certs, caplog):
     """Writes to a closed TLS transport are dropped; from the 5th on, asyncio's warning."""
 
@@ -1045,6 +1069,7 @@ def test_shutdown_timeout_with_a_peer_that_stopped_reading(loop, certs):
 # --------------------------------------------------------------------------- start_tls
 
 
+@old_sslproto_differs("start_tls() refuses a TLS transport")
 def test_start_tls_both_sides_and_tls_over_tls(loop, certs):
     """start_tls() on a plain connection, then again over the TLS transport (TLS in TLS),
     1 MiB byte-checked each way at the inner layer."""

@@ -124,8 +124,99 @@ class ConnectionMethods:
         if not blocksize:
             return 0  # an empty file
         fut = self.create_future()  # type: ignore[attr-defined]
-        _Sendfile(self, fut, sock, fileno, offset, count, blocksize).step(None)
+        self._sock_sendfile_native_impl(fut, None, sock, fileno, offset, count, blocksize, 0)
         return await fut  # type: ignore[no-any-return]
+
+    def _sock_sendfile_native_impl(
+        self,
+        fut: Any,
+        registered_fd: int | None,
+        sock: Any,
+        fileno: int,
+        offset: int,
+        count: Any,
+        blocksize: int,
+        total_sent: int,
+    ) -> None:
+        """One step of a `sock_sendfile` (the signature CPython's tests call):
+        `sendfile(2)` while the socket takes bytes, then a writer watch until it is
+        writable again. As asyncio: an error before the first byte is
+        `SendfileNotAvailableError`, so the caller falls back to reads and sends; ENOTCONN
+        mid-way is a ConnectionError; the file position ends after the bytes sent."""
+        if registered_fd is not None:
+            # One watch per wait: it is rare that a writable socket still says EAGAIN.
+            self.remove_writer(registered_fd)  # type: ignore[attr-defined]
+        if fut.cancelled():
+            _update_filepos(fileno, offset, total_sent)
+            return
+        if count:
+            blocksize = count - total_sent
+            if blocksize <= 0:
+                _update_filepos(fileno, offset, total_sent)
+                fut.set_result(total_sent)
+                return
+        # On 32-bit platforms os.sendfile() takes at most 1 GiB.
+        blocksize = min(blocksize, sys.maxsize // 2 + 1)
+        fd = sock.fileno()
+        try:
+            sent = os.sendfile(fd, fileno, offset, blocksize)
+        except (BlockingIOError, InterruptedError):
+            if registered_fd is None:
+                _remove_writer_on_cancel(self, fut, sock)
+            self.add_writer(  # type: ignore[attr-defined]
+                fd,
+                self._sock_sendfile_native_impl,
+                fut,
+                fd,
+                sock,
+                fileno,
+                offset,
+                count,
+                blocksize,
+                total_sent,
+            )
+        except OSError as exc:
+            if (
+                registered_fd is not None
+                and exc.errno == errno.ENOTCONN
+                and type(exc) is not ConnectionError
+            ):
+                # The connection closed mid-way: the same error on every POSIX system.
+                new_exc = ConnectionError("socket is not connected", errno.ENOTCONN)
+                new_exc.__cause__ = exc
+                exc = new_exc
+            _update_filepos(fileno, offset, total_sent)
+            if total_sent == 0:
+                # Not a regular mmap(2)-able file, most often: the caller falls back.
+                fut.set_exception(exceptions.SendfileNotAvailableError("os.sendfile call failed"))
+            else:
+                fut.set_exception(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            _update_filepos(fileno, offset, total_sent)
+            fut.set_exception(exc)
+        else:
+            if sent == 0:  # end of file
+                _update_filepos(fileno, offset, total_sent)
+                fut.set_result(total_sent)
+            else:
+                offset += sent
+                total_sent += sent
+                if registered_fd is None:
+                    _remove_writer_on_cancel(self, fut, sock)
+                self.add_writer(  # type: ignore[attr-defined]
+                    fd,
+                    self._sock_sendfile_native_impl,
+                    fut,
+                    fd,
+                    sock,
+                    fileno,
+                    offset,
+                    count,
+                    blocksize,
+                    total_sent,
+                )
 
     async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: Any) -> int:
         # The transport steps aside while the socket is written directly: reading paused,
@@ -152,88 +243,16 @@ def _check_plain(server_hostname: Any, ssl_handshake_timeout: Any) -> None:
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
 
 
-class _Sendfile:
-    """One `sock_sendfile` in progress: `sendfile(2)` while the socket takes bytes, then a
-    writer watch until it is writable again (asyncio's semantics: errors before the first
-    byte are `SendfileNotAvailableError`, so the caller falls back to reads and sends;
-    ENOTCONN mid-way is a ConnectionError; the file position ends after the bytes sent)."""
+def _update_filepos(fileno: int, offset: int, total_sent: int) -> None:
+    if _SEEK_ALWAYS or total_sent > 0:
+        os.lseek(fileno, offset, os.SEEK_SET)
 
-    __slots__ = ("loop", "fut", "sock", "fileno", "offset", "count", "blocksize", "sent", "fd")
 
-    def __init__(
-        self, loop: Any, fut: Any, sock: Any, fileno: int, offset: int, count: Any, blocksize: int
-    ) -> None:
-        self.loop = loop
-        self.fut = fut
-        self.sock = sock
-        self.fileno = fileno
-        self.offset = offset
-        self.count = count
-        # On 32-bit platforms os.sendfile() takes at most 1 GiB.
-        self.blocksize = min(blocksize, sys.maxsize // 2 + 1)
-        self.sent = 0
-        self.fd: int | None = None
-
-    def step(self, registered_fd: int | None) -> None:
-        fut = self.fut
-        if registered_fd is not None:
-            # One watch per wait: it is rare that a writable socket still says EAGAIN.
-            self.loop.remove_writer(registered_fd)
+def _remove_writer_on_cancel(loop: Any, fut: Any, sock: Any) -> None:
+    def cancelled(fut: Any) -> None:
         if fut.cancelled():
-            self.seek()
-            return
-        if self.count:
-            self.blocksize = min(self.blocksize, self.count - self.sent)
-            if self.blocksize <= 0:
-                self.seek()
-                fut.set_result(self.sent)
-                return
-        fd = self.sock.fileno()
-        try:
-            n = os.sendfile(fd, self.fileno, self.offset, self.blocksize)
-        except (BlockingIOError, InterruptedError):
-            self.wait(fd, registered_fd)
-        except OSError as exc:
-            if (
-                registered_fd is not None
-                and exc.errno == errno.ENOTCONN
-                and type(exc) is not ConnectionError
-            ):
-                # The connection closed mid-way: the same error on every POSIX system.
-                new_exc = ConnectionError("socket is not connected", errno.ENOTCONN)
-                new_exc.__cause__ = exc
-                exc = new_exc
-            self.seek()
-            if self.sent == 0:
-                # Not a regular mmap(2)-able file, most often: the caller falls back.
-                fut.set_exception(exceptions.SendfileNotAvailableError("os.sendfile call failed"))
-            else:
-                fut.set_exception(exc)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self.seek()
-            fut.set_exception(exc)
-        else:
-            if n == 0:  # end of file
-                self.seek()
-                fut.set_result(self.sent)
-            else:
-                self.offset += n
-                self.sent += n
-                self.wait(fd, registered_fd)
-
-    def wait(self, fd: int, registered_fd: int | None) -> None:
-        if registered_fd is None:
-            self.fut.add_done_callback(self.cancelled)
-        self.loop.add_writer(fd, self.step, fd)
-
-    def cancelled(self, fut: Any) -> None:
-        if fut.cancelled():
-            fd = self.sock.fileno()
+            fd = sock.fileno()
             if fd != -1:
-                self.loop.remove_writer(fd)
+                loop.remove_writer(fd)
 
-    def seek(self) -> None:
-        if _SEEK_ALWAYS or self.sent > 0:
-            os.lseek(self.fileno, self.offset, os.SEEK_SET)
+    fut.add_done_callback(cancelled)
