@@ -267,6 +267,9 @@ def test_ctrl_c_while_running(tmp_path):
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
+            # A shell's background job inherits SIGINT ignored, and Python then leaves it
+            # ignored: give the child the default disposition, as a terminal would.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         try:
             assert proc.stdout.readline() == "ready\n"

@@ -115,7 +115,7 @@ class Fileno:
         return self.value
 
 
-@pytest.mark.parametrize("value", ["x", None, "1.5", object()], ids=repr)
+@pytest.mark.parametrize("value", ["x", None, "1.5", object()], ids=lambda v: type(v).__name__ if type(v) is object else repr(v))
 def test_bad_fileno_results(loop, value):
     with pytest.raises(ValueError, match="Invalid file object"):
         loop.add_reader(Fileno(value), noop)
