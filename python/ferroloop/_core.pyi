@@ -3,26 +3,34 @@
 import asyncio
 import contextvars
 import socket
+import ssl
+import subprocess
 import sys
-from collections.abc import Callable, Coroutine, Generator
+from asyncio.trsock import TransportSocket
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from typing import Any, TypeVar, final
 
 from _typeshed import FileDescriptorLike
-from typing_extensions import disjoint_base
+from typing_extensions import Self, disjoint_base
 
 from ferroloop._stats import LoopStats
 
 __all__ = [
     "DatagramTransportCore",
     "Handle",
+    "Listener",
     "LoopCore",
     "ReadPipeTransportCore",
     "SSLProtocol",
+    "ServerCore",
     "SockCall",
     "StreamTransportCore",
+    "SubprocessPipeProto",
+    "SubprocessTransportCore",
     "TimerHandle",
     "Watchdog",
     "WritePipeTransportCore",
+    "_TLSInput",
 ]
 
 _T = TypeVar("_T")
@@ -82,6 +90,16 @@ class LoopCore:
     def is_closed(self) -> bool: ...
     def get_debug(self) -> bool:
         """What set_debug() was given, as asyncio returns it (1 stays 1)."""
+    def add_reader(
+        self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
+    ) -> None: ...
+    def add_writer(
+        self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
+    ) -> None: ...
+    def remove_reader(self, fd: FileDescriptorLike) -> bool: ...
+    def remove_writer(self, fd: FileDescriptorLike) -> bool: ...
+    def _ensure_fd_no_transport(self, fd: FileDescriptorLike) -> None:
+        """Refuses an fd a transport uses (ValueError), as asyncio's selector loop."""
     def _add_reader(
         self,
         fd: FileDescriptorLike,
@@ -132,6 +150,9 @@ class LoopCore:
         ) -> SockCall[tuple[int, Any]]: ...
         def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> SockCall[int]: ...
     def sock_accept(self, sock: socket.socket) -> SockCall[tuple[socket.socket, Any]]: ...
+    def sock_connect(self, sock: socket.socket, address: Any) -> Coroutine[Any, Any, None]:
+        """A SockCall for an address that needs no resolution, else asyncio's steps
+        (`Loop._sock_connect_resolving`)."""
     def _sock_connect_resolved(self, sock: socket.socket, address: Any) -> SockCall[None]: ...
     def set_task_factory(self, factory: Callable[..., Any] | None) -> None: ...
     def stats(self) -> LoopStats:
@@ -274,6 +295,7 @@ class Watchdog:
         """Stop the thread and wait for it (an episode in progress is reported first)."""
     def is_alive(self) -> bool: ...
 
+@final
 class SSLProtocol:
     """ferroloop's TLS layer (asyncio 3.11+'s `sslproto.SSLProtocol`): the protocol of the
     transport underneath, driving an `ssl.SSLObject` over two `ssl.MemoryBIO`s; the
@@ -363,6 +385,7 @@ class SSLProtocol:
     @property
     def _loop(self) -> LoopCore | None: ...
 
+@final
 class _TLSInput:
     """The buffer a stream transport receives into for its TLS layer (a read-only view of
     the bytes received last)."""
@@ -503,3 +526,175 @@ class DatagramTransportCore:
     def _protocol_paused(self) -> bool: ...
     @property
     def _loop(self) -> LoopCore | None: ...
+
+@disjoint_base
+class ServerCore:
+    """The native half of `ferroloop.Server` (asyncio's `base_events.Server`): its
+    listening sockets, serving state, the connections it serves and `wait_closed()`'s
+    waiters; `ferroloop._server.Server` subclasses it."""
+
+    def __new__(
+        cls,
+        loop_: Any,
+        sockets: Iterable[socket.socket],
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        ssl_context: ssl.SSLContext | None,
+        backlog: int,
+        ssl_handshake_timeout: float | None,
+        ssl_shutdown_timeout: float | None = None,
+        *_args: Any,
+        **_kwargs: Any,
+    ) -> Self: ...
+    def _attach(self, transport: asyncio.BaseTransport | None = None) -> None:
+        """A connection starts being served (3.13+: its transport, before: nothing)."""
+    def _detach(self, transport: asyncio.BaseTransport | None = None) -> None:
+        """A connection is done; the last one of a closed server wakes `wait_closed()`."""
+    def _wakeup(self) -> None: ...
+    def _start_serving(self) -> None: ...
+    # The loop it was made with (ferroloop's; dropped only when the collector clears a
+    # cycle, after which no code sees the server).
+    def get_loop(self) -> asyncio.AbstractEventLoop: ...
+    def is_serving(self) -> bool: ...
+    @property
+    def sockets(self) -> tuple[TransportSocket, ...]:
+        """The listening sockets as `asyncio.trsock.TransportSocket`s (empty once closed)."""
+    def close(self) -> None: ...
+    if sys.version_info >= (3, 13):
+        # New in asyncio 3.13: absent from builds for older interpreters, as there.
+        def close_clients(self) -> None: ...
+        def abort_clients(self) -> None: ...
+
+    def _closed_waiter(self) -> asyncio.Future[Any] | None:
+        """For `wait_closed()`: a future to wait on, or None to return at once."""
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop: ...
+    @property
+    def _sockets(self) -> list[socket.socket] | None: ...
+    @property
+    def _waiters(self) -> list[asyncio.Future[Any]] | None: ...
+    @property
+    def _serving(self) -> bool: ...
+    @property
+    def _serving_forever_fut(self) -> asyncio.Future[Any] | None: ...
+    @_serving_forever_fut.setter
+    def _serving_forever_fut(self, fut: asyncio.Future[Any] | None) -> None: ...
+    @property
+    def _protocol_factory(self) -> Callable[[], asyncio.BaseProtocol]: ...
+    @property
+    def _ssl_context(self) -> ssl.SSLContext | None: ...
+    @property
+    def _backlog(self) -> int: ...
+    @property
+    def _ssl_handshake_timeout(self) -> float | None: ...
+    @property
+    def _ssl_shutdown_timeout(self) -> float | None: ...
+    @property
+    def _active_count(self) -> int:
+        """The connections served (3.13+: the live transports of the weak set)."""
+
+@final
+class Listener:
+    """The accept loop of one listening socket (asyncio's `_accept_connection`): its read
+    callback, accepting up to `backlog + 1` connections per readiness event."""
+
+    def __new__(
+        cls,
+        loop_: LoopCore,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        ssl_context: ssl.SSLContext | None,
+        server: ServerCore | None,
+        backlog: int,
+        ssl_handshake_timeout: float | None,
+        ssl_shutdown_timeout: float | None,
+        context: contextvars.Context | None,
+    ) -> Listener: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        """The socket is readable: accept what is there (called with no argument)."""
+    def _connect(
+        self,
+        conn: socket.socket,
+        addr: Any,
+        context: contextvars.Context | None = None,
+    ) -> None: ...
+    def _restart(self) -> None: ...
+
+@final
+class SubprocessTransportCore:
+    """The native half of ferroloop's subprocess transport (asyncio's
+    `BaseSubprocessTransport`); `ferroloop._subprocess.SubprocessTransport` owns one."""
+
+    def __new__(
+        cls,
+        loop_: LoopCore,
+        protocol: asyncio.BaseProtocol,
+        owner: asyncio.SubprocessTransport,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> SubprocessTransportCore: ...
+    def _start(
+        self,
+        proc: subprocess.Popen[bytes],
+        waiter: asyncio.Future[Any] | None,
+        watch: bool,
+        connect: bool = True,
+    ) -> None:
+        """The child runs: watch its exit; with `connect`, connect its pipes too."""
+    def _new_pipe_proto(self, fd: int) -> SubprocessPipeProto: ...
+    def _pipe_connected(self, fd: int, proto: SubprocessPipeProto) -> None: ...
+    def _connected(self, waiter: asyncio.Future[Any] | None) -> None: ...
+    def _pipes_failed(
+        self,
+        proc: subprocess.Popen[bytes],
+        waiter: asyncio.Future[Any] | None,
+        exc: BaseException,
+    ) -> None: ...
+    def _child_ready(self) -> None: ...
+    def _loop_closed(self, loop_: LoopCore) -> None: ...
+    def _process_exited(self, returncode: int) -> None: ...
+    def _pipe_data_received(self, fd: int, data: bytes) -> None: ...
+    def _pipe_connection_lost(self, fd: int, exc: BaseException | None) -> None: ...
+    def _try_finish(self) -> None: ...
+    def _call_connection_lost(self, exc: BaseException | None) -> None: ...
+    def close(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_pid(self) -> int | None: ...
+    def get_returncode(self) -> int | None: ...
+    def get_protocol(self) -> asyncio.BaseProtocol | None: ...
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None: ...
+    def get_pipe_transport(self, fd: int) -> asyncio.BaseTransport | None: ...
+    def send_signal(self, signal: int) -> None: ...
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def _exit_waiter(self) -> asyncio.Future[int] | None:
+        """For `_wait()`: a future for the exit, or None when the return code is known."""
+    def _discard_exit_waiter(self, waiter: asyncio.Future[int]) -> None: ...
+    @property
+    def _pipes(self) -> dict[int, SubprocessPipeProto | None]: ...
+    @property
+    def _proc(self) -> subprocess.Popen[bytes] | None: ...
+    @property
+    def _closed(self) -> bool: ...
+    @property
+    def _finished(self) -> bool: ...
+    @property
+    def _loop(self) -> LoopCore | None: ...
+
+@final
+class SubprocessPipeProto:
+    """The protocol of one pipe (fd 0, 1 or 2) of a child (asyncio's
+    `WriteSubprocessPipeProto`/`ReadSubprocessPipeProto`); made by the subprocess core."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+    def connection_lost(self, exc: BaseException | None) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> bool | None: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+    @property
+    def fd(self) -> int: ...
+    @property
+    def pipe(self) -> asyncio.BaseTransport | None: ...
+    @property
+    def disconnected(self) -> bool: ...

@@ -37,7 +37,7 @@ _HAS_IPv6 = hasattr(socket, "AF_INET6")
 _SSL_SHUTDOWN_TIMEOUT = getattr(constants, "SSL_SHUTDOWN_TIMEOUT", None)
 
 
-class Server(_core.ServerCore, events.AbstractServer):  # type: ignore[misc]
+class Server(_core.ServerCore, events.AbstractServer):
     """A stream server: asyncio's `Server` API, on ferroloop's native accept loop."""
 
     def __repr__(self) -> str:
@@ -60,7 +60,7 @@ class Server(_core.ServerCore, events.AbstractServer):  # type: ignore[misc]
         except exceptions.CancelledError:
             try:
                 self.close()
-                if _PY314:
+                if sys.version_info >= (3, 14):
                     # gh-123720 (3.14): cancelling serve_forever() closes the clients too.
                     self.close_clients()
                 await self.wait_closed()
@@ -169,7 +169,7 @@ class ServerMethods:
     _debug: bool
     _unix_server_sockets: dict[Any, int]
 
-    if _PY313:
+    if sys.version_info >= (3, 13):
 
         async def create_server(
             self,
@@ -196,9 +196,9 @@ class ServerMethods:
                 ssl_shutdown_timeout, start_serving,
             )  # fmt: skip
 
-    elif _PY311:
+    elif sys.version_info >= (3, 11):
 
-        async def create_server(  # type: ignore[misc]
+        async def create_server(
             self,
             protocol_factory: Any,
             host: Any = None,
@@ -224,7 +224,7 @@ class ServerMethods:
 
     else:
 
-        async def create_server(  # type: ignore[misc]
+        async def create_server(
             self,
             protocol_factory: Any,
             host: Any = None,
@@ -303,6 +303,7 @@ class ServerMethods:
     async def _server_addrinfos(self, host: Any, port: Any, family: int, flags: int) -> set[Any]:
         """Every address to listen on, once each (several hosts, or names that resolve
         to the same address, bind once)."""
+        hosts: collections.abc.Iterable[Any]
         if host == "":
             hosts = [None]
         elif isinstance(host, str) or not isinstance(host, collections.abc.Iterable):
@@ -351,7 +352,8 @@ class ServerMethods:
                         raise OSError(
                             err.errno,
                             f"error while attempting to bind on address {sa!r}: "
-                            f"{err.strerror.lower()}",
+                            # bind()'s OSError has its strerror (typeshed: `str | None`).
+                            f"{err.strerror.lower()}",  # type: ignore[union-attr]
                         ) from None
                     msg = f"error while attempting to bind on address {sa!r}: {str(err).lower()}"
                     if err.errno == errno.EADDRNOTAVAIL:
@@ -373,7 +375,7 @@ class ServerMethods:
                     sock.close()
         return sockets
 
-    if _PY313:
+    if sys.version_info >= (3, 13):
 
         async def create_unix_server(
             self,
@@ -394,9 +396,9 @@ class ServerMethods:
                 ssl_shutdown_timeout, start_serving, cleanup_socket,
             )  # fmt: skip
 
-    elif _PY311:
+    elif sys.version_info >= (3, 11):
 
-        async def create_unix_server(  # type: ignore[misc]
+        async def create_unix_server(
             self,
             protocol_factory: Any,
             path: Any = None,
@@ -416,7 +418,7 @@ class ServerMethods:
 
     else:
 
-        async def create_unix_server(  # type: ignore[misc]
+        async def create_unix_server(
             self,
             protocol_factory: Any,
             path: Any = None,
@@ -514,8 +516,10 @@ class ServerMethods:
         context: Any = None,
     ) -> None:
         """Accept connections on `sock` (the native accept loop, src/server/accept.rs)."""
+        # A mixin of Loop: `self` is the loop, a LoopCore.
         listener = _core.Listener(
-            self, sock, protocol_factory, sslcontext, server, backlog,
+            self,  # type: ignore[arg-type]
+            sock, protocol_factory, sslcontext, server, backlog,
             ssl_handshake_timeout, ssl_shutdown_timeout, context,
         )  # fmt: skip
         self._add_reader(sock.fileno(), listener)  # type: ignore[attr-defined]

@@ -154,10 +154,10 @@ class SubprocessTransport(transports.SubprocessTransport):
 
     @property
     def _closed(self) -> bool:
-        return self._core._closed  # type: ignore[no-any-return]
+        return self._core._closed
 
     @property
-    def _proc(self) -> Any:
+    def _proc(self) -> subprocess.Popen[bytes] | None:
         return self._core._proc
 
     @property
@@ -170,21 +170,23 @@ class SubprocessTransport(transports.SubprocessTransport):
 
     @property
     def _pid(self) -> int | None:
-        return self._core.get_pid()  # type: ignore[no-any-return]
+        return self._core.get_pid()
 
     @property
     def _returncode(self) -> int | None:
-        return self._core.get_returncode()  # type: ignore[no-any-return]
+        return self._core.get_returncode()
 
     @property
-    def _pipes(self) -> dict[int, Any]:
-        return self._core._pipes  # type: ignore[no-any-return]
+    def _pipes(self) -> dict[int, _core.SubprocessPipeProto | None]:
+        return self._core._pipes
 
-    def get_pid(self) -> int | None:
-        return self._core.get_pid()  # type: ignore[no-any-return]
+    # None only before the child is started (as typeshed's BaseSubprocessTransport,
+    # which overrides SubprocessTransport's `-> int` the same way).
+    def get_pid(self) -> int | None:  # type: ignore[override]
+        return self._core.get_pid()
 
     def get_returncode(self) -> int | None:
-        return self._core.get_returncode()  # type: ignore[no-any-return]
+        return self._core.get_returncode()
 
     def get_pipe_transport(self, fd: int) -> Any:
         return self._core.get_pipe_transport(fd)
@@ -202,7 +204,7 @@ class SubprocessTransport(transports.SubprocessTransport):
         self._core.close()
 
     def is_closing(self) -> bool:
-        return self._core.is_closing()  # type: ignore[no-any-return]
+        return self._core.is_closing()
 
     def get_protocol(self) -> Any:
         return self._core.get_protocol()
@@ -218,9 +220,10 @@ class SubprocessTransport(transports.SubprocessTransport):
         core = self._core
         waiter = core._exit_waiter()
         if waiter is None:
-            return core.get_returncode()  # type: ignore[no-any-return]
+            # No waiter: the exit is known, so the return code is not None.
+            return core.get_returncode()  # type: ignore[return-value]
         try:
-            return await waiter  # type: ignore[no-any-return]
+            return await waiter
         finally:
             core._discard_exit_waiter(waiter)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import warnings
 from asyncio import constants, sslproto, streams
-from typing import Any
+from typing import Any, Literal
 
 from . import _core
 from ._transports import SocketTransport
@@ -39,14 +39,17 @@ _DIRECT = (
 )
 
 
-class _SSLProtocolTransport(sslproto._SSLProtocolTransport):  # type: ignore[misc,name-defined]
+class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
     """The application's side of a TLS connection: asyncio's `_SSLProtocolTransport` API
     (and a subclass of it, for code that checks) over ferroloop's Rust TLS layer."""
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # ferroloop's Rust TLS layer, set in __init__ and never None (typeshed declares
+    # asyncio's own `SSLProtocol | None`, which 3.11+ sets to None on close).
+    _ssl_protocol: _core.SSLProtocol  # type: ignore[assignment]
 
-    def __init__(self, loop: Any, ssl_protocol: Any) -> None:
+    def __init__(self, loop: Any, ssl_protocol: _core.SSLProtocol) -> None:
         self._loop = loop
         self._ssl_protocol = ssl_protocol
         for name, core_name in _DIRECT:
@@ -54,7 +57,7 @@ class _SSLProtocolTransport(sslproto._SSLProtocolTransport):  # type: ignore[mis
 
     @property
     def _closed(self) -> bool:
-        return self._ssl_protocol._app_closed  # type: ignore[no-any-return]
+        return self._ssl_protocol._app_closed
 
     @_closed.setter
     def _closed(self, value: bool) -> None:
@@ -76,13 +79,13 @@ class _SSLProtocolTransport(sslproto._SSLProtocolTransport):  # type: ignore[mis
         return self._ssl_protocol._app_protocol
 
     def is_closing(self) -> bool:
-        return self._ssl_protocol._app_is_closing()  # type: ignore[no-any-return]
+        return self._ssl_protocol._app_is_closing()
 
     def close(self) -> None:
         self._ssl_protocol._app_close()
 
     def is_reading(self) -> bool:
-        return self._ssl_protocol._app_is_reading()  # type: ignore[no-any-return]
+        return self._ssl_protocol._app_is_reading()
 
     def pause_reading(self) -> None:
         self._ssl_protocol._pause_reading()
@@ -94,24 +97,24 @@ class _SSLProtocolTransport(sslproto._SSLProtocolTransport):  # type: ignore[mis
         self._ssl_protocol._set_write_buffer_limits(high, low)
 
     def get_write_buffer_limits(self) -> tuple[Any, Any]:
-        return self._ssl_protocol._get_write_buffer_limits()  # type: ignore[no-any-return]
+        return self._ssl_protocol._get_write_buffer_limits()
 
     def get_write_buffer_size(self) -> int:
-        return self._ssl_protocol._get_write_buffer_size()  # type: ignore[no-any-return]
+        return self._ssl_protocol._get_write_buffer_size()
 
     def set_read_buffer_limits(self, high: Any = None, low: Any = None) -> None:
         self._ssl_protocol._set_read_buffer_limits(high, low)
 
     def get_read_buffer_limits(self) -> tuple[Any, Any]:
-        return self._ssl_protocol._get_read_buffer_limits()  # type: ignore[no-any-return]
+        return self._ssl_protocol._get_read_buffer_limits()
 
     def get_read_buffer_size(self) -> int:
-        return self._ssl_protocol._get_read_buffer_size()  # type: ignore[no-any-return]
+        return self._ssl_protocol._get_read_buffer_size()
 
     @property
     def _protocol_paused(self) -> bool:
         # sendfile's fallback looks at it.
-        return self._ssl_protocol._app_writing_paused  # type: ignore[no-any-return]
+        return self._ssl_protocol._app_writing_paused
 
     def write(self, data: Any) -> None:
         self._ssl_protocol._app_write(data)
@@ -122,7 +125,7 @@ class _SSLProtocolTransport(sslproto._SSLProtocolTransport):  # type: ignore[mis
     def write_eof(self) -> None:
         raise NotImplementedError
 
-    def can_write_eof(self) -> bool:
+    def can_write_eof(self) -> Literal[False]:
         return False
 
     def abort(self) -> None:
