@@ -221,6 +221,10 @@ _LIVE_LOCK = threading.Lock()
 _STOP = threading.Event()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -294,9 +298,12 @@ def run_job(module: str, loop: str, worker_cmd: list[str], opts: argparse.Namesp
             env["PYTHONASYNCIODEBUG"] = "1"
         rc: int | None
         with open(log, "wb") as logf:
+            # SIGINT's default disposition, as under a terminal: a shell's background
+            # job inherits it ignored, and the suites' Ctrl-C tests would then hang.
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                                     cwd=cwd or jobdir,
-                                    env=env, start_new_session=True)
+                                    env=env, start_new_session=True,
+                                    preexec_fn=_default_sigint)
             with _LIVE_LOCK:
                 _LIVE.add(proc)
             try:

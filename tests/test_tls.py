@@ -376,6 +376,36 @@ def test_heavy_16mib_both_ways(loop, certs, api):
     check_bytes(run(loop, main(), deadline=150), payload)
 
 
+@needs_311
+def test_a_kept_transport_keeps_no_tls_state(loop, certs):
+    """A protocol that keeps its transport after connection_lost: once close() is called
+    again, neither the SSL context nor the TLS layer stays alive (refcounting alone, no
+    gc: CPython's test_create_connection_memory_leak)."""
+
+    async def main() -> tuple[Any, Any]:
+        server, peers = await tls_listen(certs.server())
+        client_ctx = certs.client()
+        tr, client = await asyncio.get_running_loop().create_connection(
+            Peer, LOCAL4, port_of(server), ssl=client_ctx, server_hostname="localhost"
+        )
+        peer = await peers_first(peers)
+        peer.transport.close()
+        assert await client.lost is None
+        tr.close()  # after the connection is gone
+        assert tr.is_closing()
+        tr.close()
+        await close_server(server, peers)
+        return weakref.ref(client_ctx), client
+
+    gc.disable()
+    try:
+        ctx, client = run(loop, main())
+        assert ctx() is None
+        assert client.transport.is_closing()
+    finally:
+        gc.enable()
+
+
 @old_sslproto_differs("no eof_received() before connection_lost()")
 def test_lifecycle_and_extra_info(loop, certs):
     """connection_made once the handshake is done, data, close_notify on close(): the peer

@@ -57,7 +57,8 @@ class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
 
     @property
     def _closed(self) -> bool:
-        return self._ssl_protocol._app_closed
+        core = self.__dict__.get("_ssl_protocol")
+        return core is None or core._app_closed
 
     @_closed.setter
     def _closed(self, value: bool) -> None:
@@ -79,10 +80,19 @@ class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
         return self._ssl_protocol._app_protocol
 
     def is_closing(self) -> bool:
-        return self._ssl_protocol._app_is_closing()
+        core = self.__dict__.get("_ssl_protocol")
+        return core is None or core._app_is_closing()
 
     def close(self) -> None:
-        self._ssl_protocol._app_close()
+        if not self._closed:
+            self._ssl_protocol._app_close()
+            return
+        # As asyncio: a close() after the connection is gone (or a second one) lets go of
+        # the TLS layer, so that a protocol keeping its transport keeps neither the
+        # context nor the SSL object alive; the transport is unusable from here.
+        self._ssl_protocol = None  # type: ignore[assignment]
+        for name, _ in _DIRECT:
+            self.__dict__.pop(name, None)
 
     def is_reading(self) -> bool:
         return self._ssl_protocol._app_is_reading()
