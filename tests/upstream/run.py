@@ -80,6 +80,7 @@ STATUSES = {
     "skip": "not run on any loop (needs the Internet, or flaky)",
     "asyncio": "ferroloop keeps asyncio's behaviour where uvloop chose differently",
     "uvloop-api": "tests uvloop's own API or internals, which no asyncio loop has",
+    "ferroloop": "ferroloop differs from both, deliberately (README: differences from asyncio)",
     "pending": "fails on ferroloop until a fix on its way lands",
 }
 
