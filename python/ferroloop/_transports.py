@@ -6,6 +6,7 @@ semantics). The hot methods are the core's own bound methods, set on each instan
 
 from __future__ import annotations
 
+import _socket
 import socket
 import sys
 import warnings
@@ -35,12 +36,19 @@ def _set_nodelay(sock: socket.socket) -> None:
     (its test_tcp `test_create_server_1`, `test_create_connection_open_con_sock`), and so do
     we. Other protocols over SOCK_STREAM (SCTP) are left alone.
     """
+    # The C members, not socket.socket's properties, which build an enum each (two
+    # Python calls per connection).
     if (
-        sock.family in (socket.AF_INET, socket.AF_INET6)
-        and sock.type == socket.SOCK_STREAM
+        _family(sock) in _INET
+        and _type(sock) == socket.SOCK_STREAM
         and sock.proto in (0, socket.IPPROTO_TCP)
     ):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+_family = _socket.socket.family.__get__
+_type = _socket.socket.type.__get__
+_INET = (int(socket.AF_INET), int(socket.AF_INET6))
 
 
 # Server._attach/_detach take the transport from 3.13 on.
