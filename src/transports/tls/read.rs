@@ -107,9 +107,9 @@ pub(super) fn read_copied(slf: &Tls<'_>) -> PyResult<()> {
         }
     };
     if let Some(data) = data {
-        // One read per delivery, counted before the protocol runs (and may close).
-        this.io.read(plain);
         if let Some(p) = this.app_protocol(py) {
+            // One read per delivery, counted before the protocol runs (and may close).
+            this.io.read(plain);
             p.call_method1(pyo3::intern!(py, "data_received"), (data,))?;
         }
     }
