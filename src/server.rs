@@ -14,6 +14,8 @@ use pyo3::types::{PyDict, PyList, PyTuple, PyWeakrefMethods, PyWeakrefReference}
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
+use crate::loop_core::stats::OpenServer;
+use crate::loop_core::LoopCore;
 use crate::pyapi;
 
 pub(crate) mod accept;
@@ -71,6 +73,9 @@ struct ServerState {
 /// A stream server's state; `ferroloop.Server` subclasses it.
 #[pyclass(name = "ServerCore", module = "ferroloop._core", subclass, frozen)]
 pub struct ServerCore {
+    /// Counted in its loop's `servers` from creation until `close()` (None: a loop that
+    /// is not ferroloop's, which has no stats).
+    open: Option<OpenServer>,
     st: GilCell<ServerState>,
 }
 
@@ -137,7 +142,12 @@ impl ServerCore {
         } else {
             None
         };
+        let open = loop_
+            .cast::<LoopCore>()
+            .ok()
+            .map(|lp| OpenServer::opened(&lp.get().stats));
         Ok(ServerCore {
+            open,
             st: GilCell::new(ServerState {
                 loop_: Some(loop_.clone().unbind()),
                 sockets: Some(socks),
@@ -295,6 +305,9 @@ impl ServerCore {
         let Some(sockets) = self.st.borrow_mut(py).sockets.take() else {
             return Ok(());
         };
+        if let Some(open) = &self.open {
+            open.closed();
+        }
         if let Some(lp) = self.loop_(py) {
             for sock in &sockets {
                 lp.call_method1(pyo3::intern!(py, "_stop_serving"), (sock,))?;

@@ -157,6 +157,308 @@ def test_stats_count_unix_transports_apart(floop):
     assert st["tcp"]["bytes_read"] == 0
 
 
+def _still_open(st):
+    """The kinds with transports still counted open."""
+    return {kind: c["open"] for kind, c in st["transports"].items() if c["open"]}
+
+
+class DatagramEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class DatagramClient(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.got: list[bytes] = []
+        self.arrived = asyncio.Event()
+
+    def datagram_received(self, data, addr):
+        self.got.append(data)
+        self.arrived.set()
+
+
+def test_stats_count_udp_datagrams_exactly(floop):
+    """FERROLOOP ONLY: N datagrams echoed over UDP: each received is one read of its bytes
+    and each sent one write, on both endpoints (whatever recvmmsg(2) batched)."""
+    sizes = [1, 100, 1472, 3000, 9000, 17, 512, 60000]
+    k = sum(sizes)
+
+    async def main():
+        server, _ = await floop.create_datagram_endpoint(
+            DatagramEcho, local_addr=("127.0.0.1", 0)
+        )
+        addr = server.get_extra_info("sockname")
+        client, proto = await floop.create_datagram_endpoint(
+            DatagramClient, remote_addr=addr
+        )
+        open_now = floop.stats()["transports"]["udp"]["open"]
+        for i, size in enumerate(sizes):
+            proto.arrived.clear()
+            client.sendto(bytes([i]) * size)
+            await asyncio.wait_for(proto.arrived.wait(), 5)
+        client.close()
+        server.close()
+        await asyncio.sleep(0.01)
+        return open_now, proto.got
+
+    open_now, got = floop.run_until_complete(main())
+    assert [len(d) for d in got] == sizes
+    st = floop.stats()
+    assert open_now == 2
+    assert st["transports"]["udp"] == {
+        "open": 0,
+        "bytes_read": 2 * k,
+        "reads": 2 * len(sizes),
+        "bytes_written": 2 * k,
+        "writes": 2 * len(sizes),
+    }
+    assert _still_open(st) == {}
+    for kind in ("tcp", "unix", "tls", "pipe"):
+        assert st["transports"][kind]["reads"] == st["transports"][kind]["writes"] == 0
+
+
+def test_stats_count_udp_batched_reads(floop):
+    """FERROLOOP ONLY: datagrams queued before the loop reads arrive in one recvmmsg(2),
+    still one read each."""
+    n = 40
+
+    async def main():
+        proto = DatagramClient()
+        server, _ = await floop.create_datagram_endpoint(
+            lambda: proto, local_addr=("127.0.0.1", 0)
+        )
+        addr = server.get_extra_info("sockname")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(n):
+                s.sendto(b"d" * (i + 1), addr)
+            while len(proto.got) < n:
+                proto.arrived.clear()
+                await asyncio.wait_for(proto.arrived.wait(), 5)
+        server.close()
+        await asyncio.sleep(0.01)
+
+    floop.run_until_complete(main())
+    udp = floop.stats()["transports"]["udp"]
+    assert udp["reads"] == n
+    assert udp["bytes_read"] == n * (n + 1) // 2
+    assert udp["writes"] == udp["bytes_written"] == udp["open"] == 0
+
+
+class PipeReader(asyncio.Protocol):
+    def __init__(self):
+        self.got = bytearray()
+        self.arrived = asyncio.Event()
+        self.lost = asyncio.Event()
+
+    def data_received(self, data):
+        self.got += data
+        self.arrived.set()
+
+    def connection_lost(self, exc):
+        self.lost.set()
+
+
+def test_stats_count_pipe_bytes(floop):
+    """FERROLOOP ONLY: K bytes through os.pipe() with connect_write_pipe/connect_read_pipe:
+    one write syscall per chunk (each fits the pipe), one read per chunk (each waited for)
+    plus the end-of-file read, both transports open until closed."""
+    chunks = [b"a" * 1000, b"b" * 5000, b"c" * 30000, b"d"]
+    k = sum(map(len, chunks))
+    rfd, wfd = os.pipe()
+
+    async def main():
+        rtrans, reader = await floop.connect_read_pipe(PipeReader, os.fdopen(rfd, "rb", 0))
+        wtrans, _ = await floop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(wfd, "wb", 0)
+        )
+        open_now = floop.stats()["transports"]["pipe"]["open"]
+        for chunk in chunks:
+            reader.arrived.clear()
+            wtrans.write(chunk)
+            await asyncio.wait_for(reader.arrived.wait(), 5)
+        wtrans.close()
+        await asyncio.wait_for(reader.lost.wait(), 5)
+        await asyncio.sleep(0.01)
+        assert rtrans.is_closing()
+        return open_now, bytes(reader.got)
+
+    open_now, got = floop.run_until_complete(main())
+    assert got == b"".join(chunks)
+    st = floop.stats()
+    assert open_now == 2
+    assert st["transports"]["pipe"] == {
+        "open": 0,
+        "bytes_read": k,
+        "reads": len(chunks) + 1,
+        "bytes_written": k,
+        "writes": len(chunks),
+    }
+    assert _still_open(st) == {}
+
+
+def test_stats_count_pipe_buffered_writes(floop):
+    """FERROLOOP ONLY: a write larger than the pipe holds is sent in several syscalls as
+    the reader drains it; the bytes are counted exactly on both ends."""
+    k = 1 << 20
+    rfd, wfd = os.pipe()
+
+    async def main():
+        _, reader = await floop.connect_read_pipe(PipeReader, os.fdopen(rfd, "rb", 0))
+        wtrans, _ = await floop.connect_write_pipe(
+            asyncio.Protocol, os.fdopen(wfd, "wb", 0)
+        )
+        wtrans.write(b"x" * k)
+        wtrans.close()
+        await asyncio.wait_for(reader.lost.wait(), 10)
+        await asyncio.sleep(0.01)
+        return len(reader.got)
+
+    assert floop.run_until_complete(main()) == k
+    pipe = floop.stats()["transports"]["pipe"]
+    assert pipe["bytes_read"] == pipe["bytes_written"] == k
+    assert pipe["writes"] >= 2  # more than the pipe holds at once
+    assert pipe["reads"] >= 2 + 1  # the end-of-file read too
+    assert pipe["open"] == 0
+
+
+@pytest.fixture(scope="module")
+def tls_contexts():
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ca.configure_trust(client_ctx)
+    return server_ctx, client_ctx
+
+
+def test_stats_count_tls_plaintext(floop, tls_contexts):
+    """FERROLOOP ONLY: an echo over TLS counts its plaintext under `tls` (one read per
+    delivery to the protocol, one write per write() call: each chunk fits one record and
+    is waited for), while the TCP transports underneath count the records, handshake and
+    close_notify included, under `tcp`."""
+    server_ctx, client_ctx = tls_contexts
+    chunks = [bytes([i]) * (100 + 701 * i) for i in range(12)]
+    k = sum(map(len, chunks))
+
+    async def main():
+        server = await floop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        await asyncio.sleep(0.01)
+        st = floop.stats()["transports"]
+        open_now = (st["tls"]["open"], st["tcp"]["open"])
+        got = await _echo_through(floop, reader, writer, chunks)
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return open_now, got
+
+    open_now, got = floop.run_until_complete(main())
+    assert got == k
+    assert open_now == (2, 2)
+    st = floop.stats()
+    tls, tcp = st["transports"]["tls"], st["transports"]["tcp"]
+    assert tls == {
+        "open": 0,
+        "bytes_read": 2 * k,
+        "reads": 2 * len(chunks),
+        "bytes_written": 2 * k,
+        "writes": 2 * len(chunks),
+    }
+    assert tcp["open"] == 0
+    assert tcp["bytes_read"] > tls["bytes_read"]
+    assert tcp["bytes_written"] > tls["bytes_written"]
+    assert tcp["reads"] > tls["reads"] and tcp["writes"] > tls["writes"]
+    assert _still_open(st) == {}
+
+
+def test_stats_count_tls_writelines(floop, tls_contexts):
+    """FERROLOOP ONLY: writelines() is one write of all its bytes; empty data is none."""
+    server_ctx, client_ctx = tls_contexts
+    lines = [b"one", b"", b"three" * 100]
+    k = sum(map(len, lines))
+
+    async def main():
+        server = await floop.create_server(Echo, "127.0.0.1", 0, ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+        )
+        writer.write(b"")
+        writer.writelines([b"", b""])
+        before = floop.stats()["transports"]["tls"]["writes"]
+        writer.writelines(lines)
+        data = await reader.readexactly(k)
+        after = floop.stats()["transports"]["tls"]
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)
+        return before, after, data
+
+    before, after, data = floop.run_until_complete(main())
+    assert data == b"".join(lines)
+    assert before == 0
+    # One record each way: the client's writelines(), the server's one delivery and its
+    # echo, the client's one delivery.
+    assert after["writes"] == after["reads"] == 2
+    assert after["bytes_written"] == after["bytes_read"] == 2 * k
+    assert floop.stats()["transports"]["tls"]["open"] == 0
+
+
+def test_stats_count_open_servers(floop):
+    """FERROLOOP ONLY: `servers` counts Server objects not yet closed, serving or not;
+    close() twice counts once."""
+
+    async def main():
+        counts = [floop.stats()["servers"]]
+        a = await floop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        counts.append(floop.stats()["servers"])
+        b = await floop.create_server(asyncio.Protocol, "127.0.0.1", 0, start_serving=False)
+        counts.append(floop.stats()["servers"])
+        a.close()
+        a.close()
+        await a.wait_closed()
+        counts.append(floop.stats()["servers"])
+        b.close()
+        await b.wait_closed()
+        counts.append(floop.stats()["servers"])
+        return counts
+
+    assert floop.run_until_complete(main()) == [0, 1, 2, 1, 0]
+
+
+def test_stats_count_unix_server(floop, tmp_path):
+    """FERROLOOP ONLY: a Unix server counts as a server; its connections under `unix`."""
+    path = str(tmp_path / "s")
+
+    async def main():
+        server = await floop.create_unix_server(Echo, path)
+        during = floop.stats()["servers"]
+        reader, writer = await asyncio.open_unix_connection(path)
+        got = await _echo_through(floop, reader, writer, [b"u" * 300])
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.01)
+        return during, got
+
+    assert floop.run_until_complete(main()) == (1, 300)
+    st = floop.stats()
+    assert st["servers"] == 0
+    assert st["transports"]["unix"]["bytes_read"] == 600
+    assert _still_open(st) == {}
+
+
 def test_poll_and_busy_seconds(floop):
     """FERROLOOP ONLY: waiting for a timer is polling; a callback that sleeps is busy."""
 

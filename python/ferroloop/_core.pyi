@@ -161,12 +161,21 @@ class LoopCore:
         - `iterations`, `callbacks` (callbacks run, task steps included), `max_ready`
           (the most handles ready in one iteration), `io_events` (fd readiness events);
         - `timers`: `scheduled`, `cancelled` (before firing), `fired`;
-        - `transports`: for each of `tcp`, `unix`, `tls`, `udp`, `pipe`: `open` (now),
-          `bytes_read`/`reads` and `bytes_written`/`writes` (syscalls that moved bytes;
-          a read of 0 bytes, end of file, counts as a read). Only ferroloop's native
-          transports count: TCP and Unix streams today. TLS, UDP and pipe transports,
-          and `servers` (open servers), are asyncio's Python code bound to the loop for
-          now and stay 0 until they are native;
+        - `transports`: for each of `tcp`, `unix`, `tls`, `udp`, `pipe`: `open`
+          (transports made whose connection is not lost yet), `bytes_read`/`reads` and
+          `bytes_written`/`writes`. `tcp`, `unix` (stream transports) and `pipe`
+          (connect_read_pipe/connect_write_pipe, subprocess pipes): one per read or
+          write syscall that moved bytes, a read of 0 bytes (end of file) included.
+          `udp` (datagram endpoints, Unix datagram sockets included): one per datagram
+          received or sent, its bytes (a recvmmsg(2) of 5 datagrams is 5 reads). `tls`:
+          the application's side, in plaintext: one read per `data_received()` /
+          `buffer_updated()` delivery to the protocol, one write per `write()` /
+          `writelines()` call with data (the peer's close_notify is no read); the
+          records themselves (handshake, overhead, close_notify) are counted by the
+          transport underneath, under `tcp` or `unix`, so a TLS connection counts under
+          both;
+        - `servers`: `Server` objects made (create_server, create_unix_server, serving
+          or not) and not closed yet;
         - `poll_seconds`: time blocked in the poller (waiting, without the GIL);
           `busy_seconds`: the rest of the time in run_forever() (callbacks and the
           loop's own work);

@@ -1,6 +1,6 @@
 """The shape of `Loop.stats()`, and the summary `python -m ferroloop --stats` prints.
 
-The numbers are kept by the Rust core (src/loop_core/stats.rs); this module only types them,
+The numbers are kept by the Rust core (src/loop_core/stats/); this module only types them,
 adds up several loops' and formats them.
 """
 
@@ -23,14 +23,20 @@ class TimerStats(TypedDict):
 
 
 class TransportStats(TypedDict):
+    """One transport kind's I/O. tcp, unix, pipe: syscalls; udp: datagrams; tls: the
+    application's plaintext (its records count under tcp or unix, the transport
+    underneath)."""
+
     open: int
     """Transports of this kind open now (made, connection not lost yet)."""
     bytes_read: int
     reads: int
-    """Read syscalls that returned (0 bytes: end of file)."""
+    """tcp, unix, pipe: read syscalls that returned (0 bytes: end of file). udp:
+    datagrams received. tls: deliveries to the protocol (data_received/buffer_updated)."""
     bytes_written: int
     writes: int
-    """Write syscalls that took bytes."""
+    """tcp, unix, pipe: write syscalls that took bytes. udp: datagrams sent. tls:
+    write()/writelines() calls with data."""
 
 
 class CallbackDurations(TypedDict):
@@ -65,6 +71,7 @@ class LoopStats(TypedDict):
     transports: dict[str, TransportStats]
     """By kind: tcp, unix, tls, udp, pipe."""
     servers: int
+    """Server objects made and not closed yet (serving or not)."""
     poll_seconds: float
     """Time blocked in the poller (waiting for I/O or a timer, without the GIL)."""
     busy_seconds: float

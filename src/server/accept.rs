@@ -343,7 +343,6 @@ impl Listener {
             (lp, opt(py, &st.protocol_factory), opt(py, &st.server))
         };
         let lp = lp.bind(py);
-        // stats: connection accepted
         let mut protocol = None;
         let made = (|| {
             let p = factory.bind(py).call0()?;

@@ -86,7 +86,7 @@ impl SubprocessPipeProto {
         }
     }
 
-    // stats: subprocess pipe read
+    // Not counted here: the pipe transport underneath counts its reads under `pipe`.
     fn data_received(&self, py: Python<'_>, data: Bound<'_, PyAny>) -> PyResult<()> {
         match self.proc(py) {
             Some(p) => p.get().pipe_data_received(py, self.fd, data),

@@ -28,6 +28,7 @@ use pyo3::{PyTraverseError, PyVisit};
 use crate::errors;
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
+use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
 use crate::transports::base::{self, clone_opt, Links};
 use crate::transports::flow::WaterMarks;
@@ -79,6 +80,9 @@ pub(crate) struct DatagramTransport {
     /// Whether sends are `send()`s: asyncio's `self._extra['peername']` is true (or the
     /// socket is connected to an unnamed Unix socket, whose peer name is `''`).
     connected: bool,
+    /// Counted under `udp` (Unix datagram sockets too) from creation until the
+    /// connection is lost: one read or write per datagram.
+    io: TransportIo,
     st: GilCell<DatagramState>,
 }
 
@@ -215,6 +219,8 @@ impl DatagramTransport {
             Some(s) => s.bind(py).call_method0("close").map(drop),
             None => Ok(()),
         };
+        // Whatever connection_lost did, as the stream transport.
+        self.io.closed();
         let released = {
             let mut st = self.st.borrow_mut(py);
             (
@@ -256,6 +262,7 @@ impl DatagramTransport {
             header: if py.version_info() >= (3, 13) { 8 } else { 0 },
             sends_empty: py.version_info() >= (3, 13),
             connected,
+            io: TransportIo::opened(&lp.get().stats, TransportKind::Udp),
             st: GilCell::new(DatagramState {
                 links: Links::new(lp, sock, owner, protocol, context),
                 address: (!address.is_none()).then(|| address.clone().unbind()),

@@ -31,6 +31,7 @@ use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
+use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
 pub(crate) use bio::InputBuf;
 use bio::{Records, Ssl};
@@ -40,6 +41,9 @@ use state::{AppState, Phase, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 
 #[pyclass(name = "SSLProtocol", module = "ferroloop._core", frozen, weakref)]
 pub struct SslProtocol {
+    /// Counted under `tls` from creation until the connection underneath is lost, with
+    /// the application's plaintext (the records are the transport underneath's to count).
+    io: TransportIo,
     st: GilCell<TlsState>,
 }
 
@@ -82,6 +86,7 @@ impl SslProtocol {
         let extra = PyDict::new(py);
         extra.set_item("sslcontext", sslcontext)?;
         Ok(SslProtocol {
+            io: TransportIo::opened(&lp.get().stats, TransportKind::Tls),
             st: GilCell::new(TlsState {
                 loop_: Some(lp.clone().unbind()),
                 ssl: Some(ssl),

@@ -1,12 +1,23 @@
-//! Per-kind transport I/O counters: the API every native transport calls.
+//! Per-kind transport I/O counters and the open-server count: the API every native
+//! transport and the servers call.
 //!
 //! A transport holds a `TransportIo` from its creation until its connection is lost
-//! (`TransportIo::opened(&loop.stats, kind)` … `closed()`, or drop), and reports each
-//! successful read and write syscall with `read(n)` / `wrote(n)`. The counters are atomic
-//! read-modify-writes (~8 ns, against a syscall's ≥1 µs), so a transport may count without
-//! the GIL. The stream transport (TCP, Unix) does this today; TLS, UDP and pipe transports,
-//! and servers (`LoopStats::server_opened` / `server_closed`), are asyncio's Python code
-//! bound to the loop for now and count nothing until they are native.
+//! (`TransportIo::opened(&loop.stats, kind)` … `closed()`, or drop), and reports its reads
+//! and writes with `read(n)` / `wrote(n)`:
+//!
+//! * `tcp`, `unix` (src/transports/stream.rs, also under a TLS layer) and `pipe`
+//!   (src/transports/pipe/): one per read or write syscall, a read of 0 (end of file)
+//!   included, a write that took nothing (EAGAIN) not;
+//! * `udp` (src/transports/datagram/, Unix datagram sockets too): one per datagram
+//!   received or sent, whichever call moved it (a recvmmsg(2) of 5 counts 5 reads);
+//! * `tls` (src/transports/tls/): the application's side, in plaintext: one read per
+//!   `data_received()`/`buffer_updated()` delivery, one write per `write()`/
+//!   `writelines()` call with data (not refused as written to a closing transport). The
+//!   records on the wire are counted by the transport underneath, as `tcp` or `unix`.
+//!
+//! A `Server` counts in `servers` from its creation until its `close()` (`OpenServer`).
+//! The counters are atomic read-modify-writes (~8 ns, against a syscall's ≥1 µs), so a
+//! transport may count without the GIL.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -21,12 +32,8 @@ use super::LoopStats;
 pub(crate) enum TransportKind {
     Tcp,
     Unix,
-    // Named for the native transports to come (src/transports/{tls,datagram,pipe}.rs).
-    #[allow(dead_code)]
     Tls,
-    #[allow(dead_code)]
     Udp,
-    #[allow(dead_code)]
     Pipe,
 }
 
@@ -78,7 +85,8 @@ impl TransportIo {
         }
     }
 
-    /// A read syscall returned `n` bytes (0: end of file).
+    /// A read returned `n` bytes (0: end of file); for `udp`, a datagram of `n` bytes; for
+    /// `tls`, `n` plaintext bytes delivered to the protocol.
     #[inline]
     pub(crate) fn read(&self, n: usize) {
         let io = self.stats.io(self.kind);
@@ -86,7 +94,8 @@ impl TransportIo {
         io.bytes_read.fetch_add(n as u64, Relaxed);
     }
 
-    /// A write syscall took `n` bytes.
+    /// A write syscall took `n` bytes; for `udp`, a datagram of `n` bytes sent; for `tls`,
+    /// a `write()`/`writelines()` of `n` plaintext bytes.
     #[inline]
     pub(crate) fn wrote(&self, n: usize) {
         let io = self.stats.io(self.kind);
@@ -103,6 +112,36 @@ impl TransportIo {
 }
 
 impl Drop for TransportIo {
+    fn drop(&mut self) {
+        self.closed();
+    }
+}
+
+/// A server's membership in its loop's `servers` count: counted from `opened` (the
+/// `Server` is made) until `closed` (its `close()`) or drop, once.
+pub(crate) struct OpenServer {
+    stats: Arc<LoopStats>,
+    open: AtomicBool,
+}
+
+impl OpenServer {
+    pub(crate) fn opened(stats: &Arc<LoopStats>) -> Self {
+        stats.server_opened();
+        OpenServer {
+            stats: Arc::clone(stats),
+            open: AtomicBool::new(true),
+        }
+    }
+
+    /// The server is closed; idempotent.
+    pub(crate) fn closed(&self) {
+        if self.open.swap(false, Relaxed) {
+            self.stats.server_closed();
+        }
+    }
+}
+
+impl Drop for OpenServer {
     fn drop(&mut self) {
         self.closed();
     }

@@ -1,5 +1,6 @@
 //! Loop statistics (`LoopCore.stats()`): counters the loop thread keeps as it runs, the
-//! callback timing (`timing.rs`), the per-kind transport I/O counters (`io.rs`), and the
+//! callback timing (`timing.rs`), the per-kind transport I/O counters and the open
+//! servers (`io.rs`: what each transport kind counts as a read and a write), and the
 //! phase, callback sequence number and stamps the blocking detector (src/watchdog.rs)
 //! watches.
 //!
@@ -26,7 +27,7 @@ use crate::clock;
 use crate::gil_cell::GilCell;
 use crate::pyapi;
 use io::{IoCounters, KINDS};
-pub(crate) use io::{TransportIo, TransportKind};
+pub(crate) use io::{OpenServer, TransportIo, TransportKind};
 use timing::Timing;
 
 /// What the loop thread is doing, for the watchdog.
@@ -146,14 +147,12 @@ impl LoopStats {
         &self.io[kind as usize]
     }
 
-    // For the native servers to come (src/server.rs); servers are asyncio's Python now.
-    #[allow(dead_code)]
-    pub(crate) fn server_opened(&self) {
+    /// A `Server` was made (through `OpenServer`, which balances it with `server_closed`).
+    fn server_opened(&self) {
         self.servers.fetch_add(1, Relaxed);
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn server_closed(&self) {
+    fn server_closed(&self) {
         self.servers.fetch_sub(1, Relaxed);
     }
 

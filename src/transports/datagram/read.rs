@@ -180,11 +180,13 @@ impl DatagramTransport {
         let got = BATCH.with(|cell| {
             let mut cell = cell.borrow_mut();
             let batch = cell.get_or_insert_with(|| Batch::new(BATCH_SLOTS, SLOT_SIZE));
-            // stats: datagram reads (the datagrams' bytes)
             batch.recv(self.fd, want).map(|n| {
                 (0..n)
                     .map(|i| {
                         let (data, from) = batch.get(i);
+                        // One read per datagram, not per recvmmsg(2): the same counts
+                        // as the recvfrom(2) paths.
+                        self.io.read(data.len());
                         (PyBytes::new(py, data), *from)
                     })
                     .collect::<Vec<_>>()
@@ -205,10 +207,11 @@ impl DatagramTransport {
 
     /// One datagram with recvfrom(2) into the thread's reused buffer.
     fn read_one(&self, py: Python<'_>) -> PyResult<Got> {
-        // stats: datagram read (the datagram's bytes)
         let got = syscalls::with_read_buf(|buf| {
-            syscalls::recvfrom_into(self.fd, &mut buf[..MAX_READ])
-                .map(|(n, from)| (PyBytes::new(py, &buf[..n]), from))
+            syscalls::recvfrom_into(self.fd, &mut buf[..MAX_READ]).map(|(n, from)| {
+                self.io.read(n);
+                (PyBytes::new(py, &buf[..n]), from)
+            })
         });
         match got {
             Ok((data, from)) => {
@@ -226,12 +229,12 @@ impl DatagramTransport {
         let Some(sock) = self.sock(py) else {
             return Ok(Got::None);
         };
-        // stats: datagram read through the socket's own recvfrom() (the datagram's bytes)
         match sock.bind(py).call_method1("recvfrom", (MAX_READ,)) {
             Ok(pair) => {
                 let pair = pair.cast_into::<PyTuple>()?;
                 let data = pair.get_item(0)?;
                 let from = pair.get_item(1)?;
+                self.io.read(data.len()?);
                 self.st
                     .borrow_mut(py)
                     .pending

@@ -82,9 +82,12 @@ impl DatagramTransport {
                 } else {
                     Some(self.destination(py, to)?)
                 };
-                // stats: datagram write (`bytes.len()` bytes)
                 Some(match syscalls::sendto_raw(self.fd, bytes, dest.as_ref()) {
-                    Ok(_) => Sent::Done,
+                    Ok(n) => {
+                        // One write per datagram sent, an empty one included (3.13+).
+                        self.io.wrote(n);
+                        Sent::Done
+                    }
                     Err(e) => Sent::from_errno(e),
                 })
             };
@@ -101,12 +104,16 @@ impl DatagramTransport {
             return Ok(Sent::Done);
         };
         let sock = sock.bind(py);
-        // stats: datagram write through the socket's own send()/sendto() (`data`'s bytes)
         let result = if connected {
             sock.call_method1("send", (data,))
         } else {
             sock.call_method1("sendto", (data, to))
         };
+        if let Ok(n) = &result {
+            // What send()/sendto() returns: the datagram's bytes (0 from a subclass that
+            // returns something else; it still sent one datagram).
+            self.io.wrote(n.extract::<usize>().unwrap_or(0));
+        }
         Ok(Sent::from_python(py, result))
     }
 

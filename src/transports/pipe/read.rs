@@ -11,6 +11,7 @@ use super::{lose_connection, MAX_READ};
 use crate::errors::{self, os_error};
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
+use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
 use crate::pyapi;
 use crate::syscalls;
@@ -32,6 +33,8 @@ pub(crate) struct ReadPipeTransport {
     fd: RawFd,
     /// A pipe's capacity, which sizes its big reads (see `syscalls::read_bytes`).
     capacity: Option<usize>,
+    /// Counted under `pipe` from creation until `_call_connection_lost`.
+    io: TransportIo,
     st: GilCell<ReadPipeState>,
 }
 
@@ -164,6 +167,7 @@ impl ReadPipeTransport {
         Ok(ReadPipeTransport {
             fd,
             capacity: syscalls::pipe_capacity(fd),
+            io: TransportIo::opened(&lp.get().stats, TransportKind::Pipe),
             st: GilCell::new(ReadPipeState {
                 links: Links::new(lp, pipe, owner, protocol, context),
                 closing: false,
@@ -193,9 +197,11 @@ impl ReadPipeTransport {
     fn _read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // stats: pipe read (bytes in `data`)
         let data = match syscalls::read_bytes(py, this.fd, MAX_READ, this.capacity)? {
-            Ok(Some(data)) => data,
+            Ok(Some(data)) => {
+                this.io.read(data.as_bytes().len());
+                data
+            }
             Ok(None) => return Ok(()),
             Err(e) => {
                 return Self::fatal_error(slf, os_error(e), "Fatal read error on pipe transport")
@@ -298,6 +304,8 @@ impl ReadPipeTransport {
             )
         };
         let result = lose_connection(py, protocol, pipe, exc);
+        // Whatever connection_lost did, as the stream transport.
+        self.io.closed();
         let released = self.st.borrow_mut(py).links.release();
         drop(released);
         result

@@ -12,6 +12,7 @@ use super::{lose_connection, LOG_THRESHOLD_FOR_CONNLOST_WRITES};
 use crate::errors::{self, os_error};
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
+use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
 use crate::pyapi;
 use crate::syscalls;
@@ -59,6 +60,8 @@ impl WritePipeState {
 )]
 pub(crate) struct WritePipeTransport {
     fd: RawFd,
+    /// Counted under `pipe` from creation until `_call_connection_lost`.
+    io: TransportIo,
     st: GilCell<WritePipeState>,
 }
 
@@ -246,6 +249,7 @@ impl WritePipeTransport {
         let fd: RawFd = pipe.call_method0("fileno")?.extract()?;
         Ok(WritePipeTransport {
             fd,
+            io: TransportIo::opened(&lp.get().stats, TransportKind::Pipe),
             st: GilCell::new(WritePipeState {
                 links: Links::new(lp, pipe, owner, protocol, context),
                 wbuf: Vec::new(),
@@ -314,9 +318,14 @@ impl WritePipeTransport {
         };
         let mut sent = 0;
         if empty {
-            // stats: pipe write (`sent` bytes)
             match syscalls::write_native(this.fd, bytes) {
-                Ok(n) => sent = n,
+                Ok(n) => {
+                    // 0: EAGAIN (or EINTR), a write that took nothing.
+                    if n > 0 {
+                        this.io.wrote(n);
+                    }
+                    sent = n;
+                }
                 Err(e) => {
                     drop(view);
                     this.st.borrow_mut(py).conn_lost += 1;
@@ -352,12 +361,12 @@ impl WritePipeTransport {
                 drop(st);
                 return this.unwatch(py, Dir::Write);
             }
-            // stats: pipe write (`n` bytes)
             syscalls::write_native(this.fd, &st.wbuf[st.head..])
         };
         match result {
             Ok(0) => Ok(()),
             Ok(n) => {
+                this.io.wrote(n);
                 let flushed = {
                     let mut st = this.st.borrow_mut(py);
                     st.consume(n);
@@ -496,6 +505,8 @@ impl WritePipeTransport {
             )
         };
         let result = lose_connection(py, protocol, pipe, exc);
+        // Whatever connection_lost did, as the stream transport.
+        slf.get().io.closed();
         let released = slf.get().st.borrow_mut(py).links.release();
         drop(released);
         result

@@ -13,9 +13,13 @@ impl StreamTransport {
     pub(super) fn read_tls(slf: &Bound<'_, Self>, tls: &Bound<'_, SslProtocol>) -> PyResult<()> {
         let py = slf.py();
         let input = InputBuf::get(py)?.get();
-        // stats: stream read (n bytes)
         let n = match input.recv(slf.get().fd) {
-            Ok(n) => n,
+            // The wire bytes, as any read of this transport (the TLS layer counts the
+            // plaintext it delivers under `tls`).
+            Ok(n) => {
+                slf.get().io.read(n);
+                n
+            }
             Err(Errno::EAGAIN | Errno::EINTR) => return Ok(()),
             Err(e) => {
                 return Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")

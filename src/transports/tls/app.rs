@@ -32,6 +32,8 @@ pub(super) fn write(slf: &Tls<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         return Ok(());
     }
     let len = data.len()?;
+    // Counted as taken, whether it goes to the TLS object now or waits in the backlog.
+    this.io.wrote(len);
     let direct = {
         let st = this.st.borrow(py);
         st.backlog.is_empty() && st.phase == Phase::Wrapped
@@ -43,7 +45,6 @@ pub(super) fn write(slf: &Tls<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let Some(ssl) = this.ssl(py) else {
         return Ok(());
     };
-    // stats: TLS application bytes written (len)
     let result = match ssl.write(py, data) {
         Ok(count) if count >= len => Ok(()),
         Ok(_) => {
@@ -81,10 +82,16 @@ pub(super) fn write_appdata(slf: &Tls<'_>, list_of_data: &Bound<'_, PyAny>) -> P
     if write::write_refused(this, py)? {
         return Ok(());
     }
+    let mut total = 0;
     for item in list_of_data.try_iter()? {
         let item = item?;
         let len = item.len()?;
         queue(this, py, &item, len);
+        total += len;
+    }
+    // One write for the call, as `write()` counts one, if it had data.
+    if total > 0 {
+        this.io.wrote(total);
     }
     write::write_backlog(slf)
 }

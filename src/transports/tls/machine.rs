@@ -65,6 +65,8 @@ pub(super) fn connection_made(slf: &Tls<'_>, transport: &Bound<'_, PyAny>) -> Py
 pub(super) fn connection_lost(slf: &Tls<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = slf.py();
     let this = slf.get();
+    // First, so that no error below leaves it counted open.
+    this.io.closed();
     let (backlog, ssl) = {
         let mut st = this.st.borrow_mut(py);
         st.backlog_size = 0;
@@ -174,7 +176,7 @@ pub(crate) fn received(slf: &Tls<'_>, input: &InputBuf, n: usize) -> PyResult<()
         let Some(ssl) = slf.get().ssl(py) else {
             return Ok(());
         };
-        // stats: TLS bytes in (n)
+        // Not counted here: these are records, the stream transport's read under tcp/unix.
         input.expose(py, n);
         let input_obj = InputBuf::get(py)?.bind(py);
         ssl.incoming_write(py, input_obj.as_any())?;

@@ -97,7 +97,7 @@ pub(super) fn read_copied(slf: &Tls<'_>) -> PyResult<()> {
         }
         first = true;
     }
-    // stats: TLS application bytes read
+    let plain: usize = parts.iter().map(|p| p.as_bytes().len()).sum();
     let data = match parts.len() {
         0 => None,
         1 => parts.pop().map(Bound::into_any),
@@ -108,6 +108,8 @@ pub(super) fn read_copied(slf: &Tls<'_>) -> PyResult<()> {
     };
     if let Some(data) = data {
         if let Some(p) = this.app_protocol(py) {
+            // One read per delivery, counted before the protocol runs (and may close).
+            this.io.read(plain);
             p.call_method1(pyo3::intern!(py, "data_received"), (data,))?;
         }
     }
@@ -165,6 +167,7 @@ pub(super) fn read_buffered(slf: &Tls<'_>) -> PyResult<()> {
         Ok(()) => {}
     }
     if offset > 0 {
+        this.io.read(offset);
         protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (offset,))?;
     }
     if count == 0 {

@@ -145,7 +145,7 @@ pub(super) fn write_down(slf: &Tls<'_>, data: &Bound<'_, PyBytes>) -> PyResult<(
             st.transport.as_ref().map(|t| t.clone_ref(py)),
         )
     };
-    // stats: TLS bytes out (data.len())
+    // Not counted here: records, which the transport underneath counts as it sends them.
     match (native, transport) {
         (Some(n), _) => StreamTransport::write_bytes(n.bind(py), data),
         (None, Some(t)) => t.bind(py).call_method1("write", (data,)).map(drop),
