@@ -115,7 +115,12 @@ class Fileno:
         return self.value
 
 
-@pytest.mark.parametrize("value", ["x", None, "1.5", object()], ids=lambda v: type(v).__name__ if type(v) is object else repr(v))
+def _value_id(value: object) -> str:
+    # Stable across processes (pytest-xdist workers must collect the same ids).
+    return "object()" if type(value) is object else repr(value)
+
+
+@pytest.mark.parametrize("value", ["x", None, "1.5", object()], ids=_value_id)
 def test_bad_fileno_results(loop, value):
     with pytest.raises(ValueError, match="Invalid file object"):
         loop.add_reader(Fileno(value), noop)
