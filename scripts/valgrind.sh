@@ -15,13 +15,14 @@ if ! command -v valgrind >/dev/null; then
     fi
 fi
 cd "$root"
-PYO3_PYTHON="$venv/bin/python" cargo build -q --lib --target-dir target/valgrind
+tdir="${FERROLOOP_TARGET_DIR:-$root/target}/valgrind"
+PYO3_PYTHON="$venv/bin/python" cargo build -q --lib --target-dir "$tdir"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/ferroloop"
 cp python/ferroloop/*.py python/ferroloop/py.typed "$work/ferroloop/"
 suffix="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
-cp target/valgrind/debug/lib_core.so "$work/ferroloop/_core$suffix"
+cp "$tdir/debug/lib_core.so" "$work/ferroloop/_core$suffix"
 echo "== valgrind over a debug build: tests/valgrind_workload.py (a few minutes)"
 PYTHONMALLOC=malloc PYTHONPATH="$work" valgrind --tool=memcheck --num-callers=40 \
     --xml=yes --xml-file="$work/memcheck.xml" --error-limit=no \

@@ -36,6 +36,11 @@ fi
 in_env "$venv/bin/python" -m pip install -q -r "$root/requirements/build.txt" "${@/#/-r}"
 cd "$root"
 # One target directory per interpreter: switching interpreters does not rebuild pyo3.
+# FERROLOOP_TARGET_DIR puts them outside the checkout (.ci/run: a cache that outlives
+# CI's clean clones, so a build there is incremental); it is bound into the chroot.
+tdir="${FERROLOOP_TARGET_DIR:-$root/target}"
+mkdir -p "$tdir"
+export SID_BIND="$tdir ${SID_BIND:-}"
 # PATH is extended where the build runs (the chroot has its own).
 in_env sh -c 'PATH="$1/bin:$PATH" VIRTUAL_ENV="$1" CARGO_TARGET_DIR="$2" exec "$1/bin/maturin" develop --release -q' \
-    sh "$venv" "$root/target/py$ver" 2>&1 | grep -v '^$' | tail -n 3
+    sh "$venv" "$tdir/py$ver" 2>&1 | grep -v '^$' | tail -n 3

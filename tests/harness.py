@@ -221,8 +221,10 @@ _LIVE_LOCK = threading.Lock()
 _STOP = threading.Event()
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def _default_signals() -> None:
+    # What a shell's background job or nohup leaves ignored, and tests send.
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -298,12 +300,13 @@ def run_job(module: str, loop: str, worker_cmd: list[str], opts: argparse.Namesp
             env["PYTHONASYNCIODEBUG"] = "1"
         rc: int | None
         with open(log, "wb") as logf:
-            # SIGINT's default disposition, as under a terminal: a shell's background
-            # job inherits it ignored, and the suites' Ctrl-C tests would then hang.
+            # Default signal dispositions, as under a terminal: a shell's background
+            # job inherits SIGINT ignored (nohup: SIGHUP), and the suites' tests that
+            # send them would hang.
             proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT,
                                     cwd=cwd or jobdir,
                                     env=env, start_new_session=True,
-                                    preexec_fn=_default_sigint)
+                                    preexec_fn=_default_signals)
             with _LIVE_LOCK:
                 _LIVE.add(proc)
             try:
