@@ -33,6 +33,11 @@ impl LoopCore {
             trash
         };
         drop(purged);
+        // Nothing deferred may wait through a poll (the list is empty unless a callback
+        // raised through the run step before its writes were flushed).
+        if this.has_deferred_writes(py) {
+            Self::flush_writes(slf)?;
+        }
 
         Self::poll(slf)?;
 
@@ -69,16 +74,25 @@ impl LoopCore {
                     stats.timer_fired();
                 }
                 let timed = stats.callback_start(&handle);
+                this.set_in_callback(true);
                 let result = if this.debug(py) {
                     Self::run_debug(slf, &handle)
                 } else {
                     Handle::run(&handle)
+                };
+                this.set_in_callback(false);
+                // The callback's small writes go out now, one send per transport.
+                let flushed = if this.has_deferred_writes(py) {
+                    Self::flush_writes(slf)
+                } else {
+                    Ok(())
                 };
                 stats.callback_end();
                 if let Some(start) = timed {
                     stats.timed(&handle, start);
                 }
                 result?;
+                flushed?;
             }
             Self::recycle(this, handle);
         }
