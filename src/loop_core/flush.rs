@@ -16,10 +16,10 @@ use crate::errors;
 use crate::transports::stream::StreamTransport;
 
 impl LoopCore {
-    /// Marks the start (`true`) or end of a callback run by the run step on this thread.
+    /// Marks the start of a callback the run step runs on thread `id`
+    /// (handles::thread_id), or its end (0).
     #[inline]
-    pub(super) fn set_in_callback(&self, running: bool) {
-        let id = if running { thread_id() } else { 0 };
+    pub(super) fn set_in_callback(&self, id: u64) {
         self.callback_thread.store(id, Relaxed);
     }
 
@@ -35,7 +35,7 @@ impl LoopCore {
     /// Queues `transport` to be flushed when the running callback returns (once: the
     /// transport queues itself only when it has nothing deferred yet).
     pub(crate) fn defer_flush(&self, py: Python<'_>, transport: Py<StreamTransport>) {
-        self.st.borrow_mut(py).flush.push(transport);
+        self.st.borrow_mut(py).flush.push_back(transport);
     }
 
     #[inline]
@@ -51,19 +51,17 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let mut first_err = None;
+        // One at a time, in the order they wrote (the queue keeps its allocation).
         loop {
-            let queued = std::mem::take(&mut this.st.borrow_mut(py).flush);
-            if queued.is_empty() {
+            let Some(t) = this.st.borrow_mut(py).flush.pop_front() else {
                 break;
-            }
-            for t in queued {
-                if let Err(err) = StreamTransport::flush_deferred(t.bind(py)) {
-                    if first_err.is_none() && errors::propagates(py, &err) {
-                        first_err = Some(err);
-                    } else {
-                        // Nobody is left to raise it to (the callback has returned).
-                        err.write_unraisable(py, Some(t.bind(py).as_any()));
-                    }
+            };
+            if let Err(err) = StreamTransport::flush_deferred(t.bind(py)) {
+                if first_err.is_none() && errors::propagates(py, &err) {
+                    first_err = Some(err);
+                } else {
+                    // Nobody is left to raise it to (the callback has returned).
+                    err.write_unraisable(py, Some(t.bind(py).as_any()));
                 }
             }
         }

@@ -62,7 +62,7 @@ pub(crate) struct State {
     sock_waiters: usize,
     sock_check_armed: bool,
     /// Stream transports with writes deferred until the running callback returns.
-    flush: Vec<Py<StreamTransport>>,
+    flush: VecDeque<Py<StreamTransport>>,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -134,7 +134,7 @@ impl LoopCore {
                 timer_pool: Vec::new(),
                 sock_waiters: 0,
                 sock_check_armed: false,
-                flush: Vec::new(),
+                flush: VecDeque::new(),
             }),
             clock_resolution: clock::resolution(),
             stats: Arc::new(LoopStats::new()),

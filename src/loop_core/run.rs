@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use super::handles::{Handle, TimerHandle};
+use super::handles::{thread_id, Handle, TimerHandle};
 use super::{LoopCore, HANDLE_POOL_MAX, TIMER_POOL_MAX};
 use crate::clock;
 use crate::errors::os_error;
@@ -55,6 +55,7 @@ impl LoopCore {
         // asyncio runs only the handles that were ready at the start of this step;
         // callbacks scheduled meanwhile wait for the next iteration.
         let ntodo = this.st.borrow(py).ready.len();
+        let thread = thread_id();
         let stats = &*this.stats;
         stats.iteration(ntodo);
         for _ in 0..ntodo {
@@ -74,13 +75,13 @@ impl LoopCore {
                     stats.timer_fired();
                 }
                 let timed = stats.callback_start(&handle);
-                this.set_in_callback(true);
+                this.set_in_callback(thread);
                 let result = if this.debug(py) {
                     Self::run_debug(slf, &handle)
                 } else {
                     Handle::run(&handle)
                 };
-                this.set_in_callback(false);
+                this.set_in_callback(0);
                 // The callback's small writes go out now, one send per transport.
                 let flushed = if this.has_deferred_writes(py) {
                     Self::flush_writes(slf)
