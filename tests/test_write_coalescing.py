@@ -348,3 +348,56 @@ def test_echo_from_data_received(loop):
         return got
 
     assert all(run(loop, main()))
+
+
+def test_writes_of_several_callbacks_in_one_iteration_arrive_in_order(loop):
+    """Callbacks ready together, each writing: the bytes keep the callbacks' order, and a
+    later callback sees the earlier one's writes as sent."""
+
+    async def main():
+        transport, proto, peer = await connected(loop)
+        sizes = []
+
+        def write(i: int) -> None:
+            sizes.append(transport.get_write_buffer_size())
+            transport.write(b"%d," % i)
+
+        for i in range(20):
+            loop.call_soon(write, i)
+        want = b"".join(b"%d," % i for i in range(20))
+        got = await loop.run_in_executor(None, read_exactly, peer, len(want))
+        transport.close()
+        await proto.closed
+        peer.close()
+        return got, want, sizes
+
+    got, want, sizes = run(loop, main())
+    assert got == want
+    assert sizes == [0] * 20
+
+
+def test_write_before_stop_is_sent(loop):
+    """A write in the last callback before the loop stops leaves before run_forever()
+    returns."""
+    ours, peer = socket.socketpair()
+    peer.settimeout(10)
+
+    async def setup():
+        return await loop.connect_accepted_socket(Recorder, ours)
+
+    transport, proto = loop.run_until_complete(setup())
+
+    def write_and_stop():
+        transport.write(b"bye")
+        loop.stop()
+
+    loop.call_soon(write_and_stop)
+    loop.run_forever()
+    peer.setblocking(False)
+    try:
+        got = peer.recv(16)
+    finally:
+        transport.close()
+        loop.run_until_complete(proto.closed)
+        peer.close()
+    assert got == b"bye"
