@@ -1052,9 +1052,13 @@ def main() -> None:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        payload = {"machine": info, "echo": echo, "http": https.get("uvicorn", {}),
-                   "http_raw": {sv: h for sv, h in https.items() if sv != "uvicorn"},
-                   "notes": extra}
+        payload = {
+            "machine": info,
+            "echo": echo,
+            "http": https.get("uvicorn", {}),
+            "http_raw": {sv: h for sv, h in https.items() if sv != "uvicorn"},
+            "notes": extra,
+        }
         (out_dir / f"net-{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
         md = [f"# ferroloop network benchmarks, {info['date']}", "", "```", head, "```"]
         for title, h, rws in tables:

@@ -11,7 +11,6 @@ import threading
 from typing import Any
 
 import pytest
-
 from helpers import Errors, pair, run
 
 KiB = 1024
@@ -132,9 +131,7 @@ def test_write_buffer_size_after_small_write_is_zero(loop, where):
 
             loop.create_task(coro())
         elif where == "threadsafe":
-            thread = threading.Thread(
-                target=loop.call_soon_threadsafe, args=(write_and_measure,)
-            )
+            thread = threading.Thread(target=loop.call_soon_threadsafe, args=(write_and_measure,))
             thread.start()
             thread.join()
         else:
@@ -246,9 +243,7 @@ def test_flow_control_for_a_1mib_write_pattern(loop):
     async def main():
         transport, proto, peer = await connected(loop)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * KiB)
-        transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * KiB
-        )
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * KiB)
         chunk = b"z" * KiB
         paused_at: list[int] = []
 
