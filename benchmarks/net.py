@@ -69,6 +69,13 @@ SIZES = [1024, 10 * 1024, 100 * 1024]
 # Peers run when installed (rsloop is built by hand; blazio, talyn, loopmini have wheels
 # for some interpreters only: requirements/bench.txt).
 ALL_LOOPS = ["ferroloop", "asyncio", "uvloop", "rloop", "rsloop", "blazio", "talyn", "loopmini"]
+# The HTTP rows under wrk: uvicorn + httptools, and a raw asyncio.Protocol HTTP server
+# (benchmarks/net_http_raw.py) writing each response in one write or in two (head, body).
+HTTP_SERVERS = {
+    "uvicorn": "uvicorn",
+    "raw2": "raw HTTP Protocol, head + body in 2 writes",
+    "raw1": "raw HTTP Protocol, 1 write per response",
+}
 THIRD_PARTY = ("uvloop", "rloop", "rsloop", "blazio", "talyn", "loopmini")
 # uvicorn --loop values: an import string for a loop factory (uvicorn >= 0.36).
 UVICORN_LOOP = {
@@ -318,7 +325,8 @@ def run_wrk(port: int, seconds: float, conns: int, threads: int) -> tuple[str, f
     return text, ru.ru_utime + ru.ru_stime
 
 
-def run_http(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_http(kind: str, args: argparse.Namespace, server: str = "uvicorn") -> dict[str, Any]:
+    """One HTTP server of `kind` under wrk: uvicorn, or a raw HTTP row (HTTP_SERVERS)."""
     name, env = micro.worker_env(kind)
     loop_arg = UVICORN_LOOP.get(name)
     if loop_arg is None:
@@ -326,12 +334,15 @@ def run_http(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     env["PYTHONHASHSEED"] = "0"
     port = free_port()
     err = tempfile.TemporaryFile(mode="w+")
+    if server == "uvicorn":
+        cmd = [sys.executable, "-m", "uvicorn", "net_asgi:app", "--app-dir", str(HERE),
+               "--host", "127.0.0.1", "--port", str(port), "--loop", loop_arg,
+               "--http", "httptools", "--workers", "1", "--lifespan", "off",
+               "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    else:
+        cmd = [sys.executable, str(HERE / "net_http_raw.py"), name, str(port), server[-1]]
     p = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "net_asgi:app", "--app-dir", str(HERE),
-         "--host", "127.0.0.1", "--port", str(port), "--loop", loop_arg,
-         "--http", "httptools", "--workers", "1", "--lifespan", "off",
-         "--no-access-log", "--log-level", "warning"],
-        stdout=err, stderr=err, env=env, preexec_fn=pin_self(0),
+        cmd, stdout=err, stderr=err, env=env, preexec_fn=pin_self(0)
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 20
@@ -345,7 +356,7 @@ def run_http(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 time.sleep(0.05)
         else:
             err.seek(0)
-            return {"error": "uvicorn did not start: " + (last_line(err.read()) or "timeout")}
+            return {"error": f"{server} did not start: " + (last_line(err.read()) or "timeout")}
         if status != 200 or body != b"Hello, world!":
             return {"error": f"wrong response: {status} {body[:40]!r}"}
         if args.http_warmup > 0:
@@ -358,7 +369,7 @@ def run_http(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         foreign = max(0.0, (m1[0] - m0[0]) - ours) / (time.monotonic() - t0)
         if p.poll() is not None:
             err.seek(0)
-            return {"error": "uvicorn exited during the run: " + last_line(err.read())}
+            return {"error": f"{server} exited during the run: " + last_line(err.read())}
         d = parse_wrk(text)
         d["server_cpu_s"] = (cpu1 - cpu0) / 1e9
         d["server_cpu_per_req_us"] = (cpu1 - cpu0) / 1e3 / d["requests"] if d["requests"] else None
@@ -655,6 +666,11 @@ def main() -> None:
     )
     ap.add_argument("--no-echo", action="store_true", help="skip the echo rows")
     ap.add_argument("--no-http", action="store_true", help="skip the uvicorn/wrk row")
+    ap.add_argument(
+        "--http-servers",
+        default=",".join(HTTP_SERVERS),
+        help="comma-separated wrk rows: " + ",".join(HTTP_SERVERS) + " (default: all)",
+    )
     ap.add_argument("--http-rounds", type=int, help="uvicorn rounds (default 3, --quick 1)")
     ap.add_argument("--http-duration", type=float, help="wrk -d seconds (default 5, --quick 2)")
     ap.add_argument(
@@ -787,14 +803,20 @@ def main() -> None:
                 file=sys.stderr,
             )
 
-    http: dict[str, list[dict[str, Any]]] = {}
+    # https[server][kind] -> list of per-round results
+    servers = [sv for sv in args.http_servers.split(",") if sv]
+    if any(sv not in HTTP_SERVERS for sv in servers):
+        ap.error(f"--http-servers: rows are {', '.join(HTTP_SERVERS)}")
+    https: dict[str, dict[str, list[dict[str, Any]]]] = {sv: {} for sv in servers}
     if not http_skip:
         for r in range(http_rounds):
             order = loops[r % len(loops) :] + loops[: r % len(loops)]
-            for kind in order:
-                if r > 0 and all("error" in d for d in http.get(kind, [])):
-                    continue
-                http.setdefault(kind, []).append(run_http(kind, args))
+            for sv in servers:
+                http = https[sv]
+                for kind in order:
+                    if r > 0 and all("error" in d for d in http.get(kind, [])):
+                        continue
+                    http.setdefault(kind, []).append(run_http(kind, args, sv))
             info.setdefault("loadavg_per_http_round", []).append(micro.loadavg())
             print(
                 f"  uvicorn round {r + 1}/{http_rounds} done, {time.monotonic() - t0:.0f} s, "
@@ -872,15 +894,22 @@ def main() -> None:
             f"(*: generator >= {CLIENT_BUSY:.0%} and above the server: it set the pace)"
         )
         tables.append((title, h, rws))
-    if http:
+    for sv, http in https.items():
+        if not http:
+            continue
         hrows = [
             ("requests/s", "rate", True, fmt_rate),
             ("p50 latency ms", "p50_ms", False, lambda x: f"{x:.2f}"),
             ("p99 latency ms", "p99_ms", False, lambda x: f"{x:.2f}"),
             ("server CPU us/request", "server_cpu_per_req_us", False, fmt_us),
         ]
+        what = (
+            f"uvicorn {info['versions'].get('uvicorn', '?')} + httptools"
+            if sv == "uvicorn"
+            else HTTP_SERVERS[sv]
+        )
         htitle = (
-            f"uvicorn {info['versions'].get('uvicorn', '?')} + httptools, hello world, 1 worker, "
+            f"{what}, hello world, 1 worker, "
             f"wrk -t{args.http_threads} -c{args.http_conns} -d{args.http_duration:g}s "
             f"(median of {http_rounds}; ratios > 1: ferroloop better)"
         )
@@ -889,11 +918,12 @@ def main() -> None:
         for label, key, hb, fmt in hrows:
             h, rws, _g = metric_table(
                 [(label, samples(http, key))],
-                loops, hb, fmt, "", lambda lbl, kind: "n/a" if first_error(http, kind) else None,
+                loops, hb, fmt, "",
+                lambda lbl, kind, http=http: "n/a" if first_error(http, kind) else None,
             )  # fmt: skip
             parts.append(rws[0])
             hgeo[key] = rws[0]
-        h[0] = "uvicorn"
+        h[0] = sv
         wrk_util = samples(http, "client_util")
         srv_util = samples(http, "server_util")
         util_row = ["CPU srv/wrk"] + [
@@ -902,14 +932,14 @@ def main() -> None:
         ] + [""] * (len(h) - 1 - len(loops))  # fmt: skip
         parts.append(util_row)
         tables.append((htitle, h, parts))
-        geos["http"] = hgeo
+        geos["http" if sv == "uvicorn" else f"http_{sv}"] = hgeo
         for kind in loops:
             e = first_error(http, kind)
             if e:
-                na_notes[f"uvicorn on {kind}"] = e
+                na_notes[f"{sv} on {kind}"] = e
             for d in http.get(kind, []):
                 if d.get("warning"):
-                    na_notes.setdefault(f"uvicorn on {kind} (warning)", d["warning"])
+                    na_notes.setdefault(f"{sv} on {kind} (warning)", d["warning"])
 
     extra: list[str] = []
     for where, e in na_notes.items():
@@ -937,7 +967,13 @@ def main() -> None:
         for d in ds
         if "foreign_cpu" in d
     ]
-    hforeign = sorted(d["foreign_cpu"] for ds in http.values() for d in ds if "foreign_cpu" in d)
+    hforeign = sorted(
+        d["foreign_cpu"]
+        for http in https.values()
+        for ds in http.values()
+        for d in ds
+        if "foreign_cpu" in d
+    )
     if hforeign:
         info["foreign_cpu_http"] = {"median": statistics.median(hforeign), "max": hforeign[-1]}
         hmed = statistics.median(hforeign)
@@ -1016,7 +1052,13 @@ def main() -> None:
         out_dir = Path(args.out)
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        payload = {"machine": info, "echo": echo, "http": http, "notes": extra}
+        payload = {
+            "machine": info,
+            "echo": echo,
+            "http": https.get("uvicorn", {}),
+            "http_raw": {sv: h for sv, h in https.items() if sv != "uvicorn"},
+            "notes": extra,
+        }
         (out_dir / f"net-{stamp}.json").write_text(json.dumps(payload, indent=2) + "\n")
         md = [f"# ferroloop network benchmarks, {info['date']}", "", "```", head, "```"]
         for title, h, rws in tables:

@@ -76,7 +76,7 @@ static RUN_DONE: (Mutex<()>, Condvar) = (Mutex::new(()), Condvar::new());
 static RUN_WAITERS: AtomicU32 = AtomicU32::new(0);
 
 /// A process-unique, non-zero id for the calling thread.
-fn thread_id() -> u64 {
+pub(crate) fn thread_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
     ID.with(|id| *id)

@@ -3,6 +3,7 @@
 
 mod deadline;
 pub(crate) mod fds;
+mod flush;
 pub(crate) mod handles;
 mod run;
 mod schedule;
@@ -12,6 +13,7 @@ mod watch;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
@@ -26,6 +28,7 @@ use crate::gil_cell::GilCell;
 use crate::poller::Poller;
 use crate::pyapi;
 use crate::sock_ops::{Op, SockCall};
+use crate::transports::stream::StreamTransport;
 use deadline::When;
 use fds::{Dir, Fds};
 use handles::{Handle, TimerHandle};
@@ -58,6 +61,8 @@ pub(crate) struct State {
     /// scheduled (see `check_sock_calls`).
     sock_waiters: usize,
     sock_check_armed: bool,
+    /// Stream transports with writes deferred until the running callback returns.
+    flush: VecDeque<Py<StreamTransport>>,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -67,6 +72,8 @@ pub struct LoopCore {
     clock_resolution: f64,
     /// Shared with the loop's transports and blocking detectors.
     pub(crate) stats: Arc<LoopStats>,
+    /// The thread (handles::thread_id) running one of this loop's callbacks; 0: none.
+    callback_thread: AtomicU64,
 }
 
 /// Spent handles kept for reuse: enough for a burst of 10k callbacks in one iteration
@@ -127,9 +134,11 @@ impl LoopCore {
                 timer_pool: Vec::new(),
                 sock_waiters: 0,
                 sock_check_armed: false,
+                flush: VecDeque::new(),
             }),
             clock_resolution: clock::resolution(),
             stats: Arc::new(LoopStats::new()),
+            callback_thread: AtomicU64::new(0),
         })
     }
 
@@ -665,6 +674,9 @@ impl LoopCore {
         if let Some(h) = &st.current_handle {
             visit.call(h)?;
         }
+        for t in &st.flush {
+            visit.call(t)?;
+        }
         Ok(())
     }
 
@@ -681,6 +693,7 @@ impl LoopCore {
                     st.current_handle.take(),
                     std::mem::take(&mut st.handle_pool),
                     std::mem::take(&mut st.timer_pool),
+                    std::mem::take(&mut st.flush),
                 )
             };
             drop(released);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use super::handles::{Handle, TimerHandle};
+use super::handles::{thread_id, Handle, TimerHandle};
 use super::{LoopCore, HANDLE_POOL_MAX, TIMER_POOL_MAX};
 use crate::clock;
 use crate::errors::os_error;
@@ -33,6 +33,11 @@ impl LoopCore {
             trash
         };
         drop(purged);
+        // Nothing deferred may wait through a poll (the list is empty unless a callback
+        // raised through the run step before its writes were flushed).
+        if this.has_deferred_writes(py) {
+            Self::flush_writes(slf)?;
+        }
 
         Self::poll(slf)?;
 
@@ -50,6 +55,7 @@ impl LoopCore {
         // asyncio runs only the handles that were ready at the start of this step;
         // callbacks scheduled meanwhile wait for the next iteration.
         let ntodo = this.st.borrow(py).ready.len();
+        let thread = thread_id();
         let stats = &*this.stats;
         stats.iteration(ntodo);
         for _ in 0..ntodo {
@@ -69,16 +75,25 @@ impl LoopCore {
                     stats.timer_fired();
                 }
                 let timed = stats.callback_start(&handle);
+                this.set_in_callback(thread);
                 let result = if this.debug(py) {
                     Self::run_debug(slf, &handle)
                 } else {
                     Handle::run(&handle)
+                };
+                this.set_in_callback(0);
+                // The callback's small writes go out now, one send per transport.
+                let flushed = if this.has_deferred_writes(py) {
+                    Self::flush_writes(slf)
+                } else {
+                    Ok(())
                 };
                 stats.callback_end();
                 if let Some(start) = timed {
                     stats.timed(&handle, start);
                 }
                 result?;
+                flushed?;
             }
             Self::recycle(this, handle);
         }

@@ -6,7 +6,7 @@ pub(crate) mod base;
 mod datagram;
 pub(crate) mod flow;
 pub(crate) mod pipe;
-mod stream;
+pub(crate) mod stream;
 mod tls;
 
 use pyo3::prelude::*;

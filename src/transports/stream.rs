@@ -6,29 +6,32 @@
 //! call into Rust. Reads and writes happen here; protocol callbacks are called from the
 //! loop's run step, through the handles of the fd registry.
 
-use std::io::IoSlice;
 use std::os::fd::RawFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, Shutdown};
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyByteArray, PyBytes, PyDict, PyInt, PyMemoryView, PyTuple};
+use pyo3::types::{PyInt, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
-use crate::errors::{self, os_error};
+use crate::errors::os_error;
 use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
 use crate::pyapi;
-use crate::syscalls;
 use crate::transports::tls::SslProtocol;
 
+mod close;
+mod coalesce;
 mod flow;
+mod read;
 mod tls_read;
+mod write;
+
+use write::bytes_like;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -52,6 +55,9 @@ struct StreamState {
     /// Pending output; `head` bytes at its front are already sent.
     wbuf: Vec<u8>,
     head: usize,
+    /// `wbuf` holds writes of the running callback, not yet tried, and the transport is
+    /// on its loop's flush list (no write watcher); see coalesce.rs.
+    deferred: bool,
     conn_lost: u32,
     closing: bool,
     paused: bool,
@@ -122,39 +128,6 @@ fn is_buffered_protocol(protocol: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = protocol.py();
     let cls = pyapi::cached_attr(py, &BUFFERED_PROTOCOL, "asyncio", "BufferedProtocol")?;
     protocol.is_instance(&cls)
-}
-
-/// The bytes of a bytes-like object, borrowed: `bytes` directly, `bytearray` and
-/// `memoryview` through a buffer view (copied only when not C-contiguous).
-enum Data<'py> {
-    Bytes(Bound<'py, PyBytes>),
-    View(PyUntypedBuffer),
-}
-
-impl Data<'_> {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Data::Bytes(b) => b.as_bytes(),
-            Data::View(v) => pyapi::buffer_bytes(v),
-        }
-    }
-}
-
-fn bytes_like<'py>(data: &Bound<'py, PyAny>) -> PyResult<Option<Data<'py>>> {
-    if let Ok(b) = data.cast::<PyBytes>() {
-        return Ok(Some(Data::Bytes(b.clone())));
-    }
-    if data.is_instance_of::<PyByteArray>() || data.is_instance_of::<PyMemoryView>() {
-        let view = PyUntypedBuffer::get(data)?;
-        if view.is_c_contiguous() {
-            return Ok(Some(Data::View(view)));
-        }
-        // A strided memoryview: sent as its bytes in order (asyncio's send() would fail
-        // on it with BufferError and close the transport; writing it is more useful).
-        let bytes = data.call_method0("tobytes")?;
-        return Ok(Some(Data::Bytes(bytes.cast_into::<PyBytes>()?)));
-    }
-    Ok(None)
 }
 
 impl StreamTransport {
@@ -235,326 +208,6 @@ impl StreamTransport {
         self.loop_of(py).is_some_and(|l| l.get().debug(py))
     }
 
-    /// `_fatal_error`: OSErrors are expected (logged in debug), others go to the exception
-    /// handler; then the transport is closed.
-    fn fatal_error(slf: &Bound<'_, Self>, err: PyErr, message: &str) -> PyResult<()> {
-        let py = slf.py();
-        if errors::propagates(py, &err) {
-            return Err(err);
-        }
-        let exc = err.into_value(py).into_any();
-        let is_os_error = exc.bind(py).is_instance_of::<pyo3::exceptions::PyOSError>();
-        if let Some(lp) = slf.get().loop_of(py) {
-            if is_os_error {
-                if slf.get().debug(py) {
-                    let logger = pyapi::asyncio_logger(py)?;
-                    let kw = PyDict::new(py);
-                    kw.set_item("exc_info", exc.bind(py))?;
-                    logger.call_method(
-                        "debug",
-                        ("%r: %s", slf.get().owner(py), message),
-                        Some(&kw),
-                    )?;
-                }
-            } else {
-                Self::report(slf, &lp, message, exc.bind(py))?;
-            }
-        }
-        Self::force_close(slf, Some(exc.bind(py)))
-    }
-
-    /// The loop's exception handler, with asyncio's context keys for a transport.
-    fn report(
-        slf: &Bound<'_, Self>,
-        lp: &Bound<'_, LoopCore>,
-        message: &str,
-        exc: &Bound<'_, PyAny>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let ctx = PyDict::new(py);
-        ctx.set_item("message", message)?;
-        ctx.set_item("exception", exc)?;
-        ctx.set_item("transport", slf.get().owner(py))?;
-        ctx.set_item("protocol", slf.get().protocol(py))?;
-        lp.call_method1("call_exception_handler", (ctx,))?;
-        Ok(())
-    }
-
-    fn force_close(slf: &Bound<'_, Self>, exc: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let (had_buffer, was_closing) = {
-            let mut st = this.st.borrow_mut(py);
-            if st.conn_lost > 0 {
-                return Ok(());
-            }
-            let had = st.pending() > 0;
-            st.wbuf.clear();
-            st.head = 0;
-            let was_closing = st.closing;
-            st.closing = true;
-            st.conn_lost += 1;
-            (had, was_closing)
-        };
-        if had_buffer {
-            this.remove_io(py, Dir::Write)?;
-        }
-        if !was_closing {
-            this.remove_io(py, Dir::Read)?;
-        }
-        let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-        let none = py.None().into_bound(py);
-        this.call_soon(py, &cb, Some(exc.unwrap_or(&none)))
-    }
-
-    /// Sends `chunks` now as far as the socket takes them, buffering the rest (asyncio's
-    /// `write`, for one chunk or many: a single `sendmsg`, no joining copy).
-    /// A write once the connection is lost: counted and dropped, with asyncio's warning
-    /// from the fifth on. False if the connection is not lost.
-    fn dropped_after_loss(slf: &Bound<'_, Self>) -> PyResult<bool> {
-        let py = slf.py();
-        let warn = {
-            let mut st = slf.get().st.borrow_mut(py);
-            if st.conn_lost == 0 {
-                return Ok(false);
-            }
-            st.conn_lost += 1;
-            st.conn_lost > LOG_THRESHOLD_FOR_CONNLOST_WRITES
-        };
-        if warn {
-            pyapi::asyncio_logger(py)?
-                .call_method1("warning", ("socket.send() raised exception.",))?;
-        }
-        Ok(true)
-    }
-
-    fn send_or_buffer(slf: &Bound<'_, Self>, chunks: &[Data<'_>]) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let total: usize = chunks.iter().map(|c| c.as_slice().len()).sum();
-        {
-            let st = this.st.borrow_mut(py);
-            if st.eof {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
-            if st.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to write; sendfile is in progress",
-                ));
-            }
-            if total == 0 {
-                return Ok(());
-            }
-        }
-        if Self::dropped_after_loss(slf)? {
-            return Ok(());
-        }
-        let mut sent = 0;
-        let was_empty = this.st.borrow(py).pending() == 0;
-        if was_empty {
-            let result = if let [one] = chunks {
-                // The common case: a plain send(2) is cheaper than sendmsg(2).
-                socket::send(this.fd, one.as_slice(), MsgFlags::MSG_NOSIGNAL)
-            } else {
-                // At most IOV_MAX buffers per call; the rest is buffered below.
-                let iov: Vec<IoSlice<'_>> = chunks
-                    .iter()
-                    .take(IOV_MAX)
-                    .map(|c| IoSlice::new(c.as_slice()))
-                    .collect();
-                socket::sendmsg::<()>(this.fd, &iov, &[], MsgFlags::MSG_NOSIGNAL, None)
-            };
-            match result {
-                Ok(n) => {
-                    this.io.wrote(n);
-                    sent = n;
-                }
-                Err(Errno::EAGAIN) | Err(Errno::EINTR) => {}
-                Err(e) => {
-                    return Self::fatal_error(
-                        slf,
-                        os_error(e),
-                        "Fatal write error on socket transport",
-                    );
-                }
-            }
-        }
-        if sent == total {
-            return Ok(());
-        }
-        // Watched before buffered, as asyncio: on a closed loop the RuntimeError leaves
-        // nothing behind.
-        if was_empty {
-            Self::add_io(slf, Dir::Write)?;
-        }
-        {
-            let mut st = this.st.borrow_mut(py);
-            let mut skip = sent;
-            for c in chunks {
-                let s = c.as_slice();
-                if skip >= s.len() {
-                    skip -= s.len();
-                    continue;
-                }
-                st.wbuf.extend_from_slice(&s[skip..]);
-                skip = 0;
-            }
-        }
-        Self::maybe_pause_protocol(slf)
-    }
-
-    fn on_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        if this.debug(py) {
-            pyapi::asyncio_logger(py)?
-                .call_method1("debug", ("%r received EOF", this.owner(py)))?;
-        }
-        let Some(protocol) = this.protocol(py) else {
-            return Ok(());
-        };
-        match protocol.call_method0(pyo3::intern!(py, "eof_received")) {
-            Err(err) => Self::fatal_error(
-                slf,
-                err,
-                "Fatal error: protocol.eof_received() call failed.",
-            ),
-            Ok(keep_open) => {
-                if keep_open.is_truthy()? {
-                    this.remove_io(py, Dir::Read)
-                } else {
-                    Self::start_close(slf)
-                }
-            }
-        }
-    }
-
-    fn read_data_received(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let data = match syscalls::recv_bytes(py, this.fd, MAX_READ)? {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                return Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")
-            }
-        };
-        this.io.read(data.as_bytes().len());
-        if data.as_bytes().is_empty() {
-            return Self::on_eof(slf);
-        }
-        let Some(protocol) = this.protocol(py) else {
-            return Ok(());
-        };
-        if let Err(err) = protocol.call_method1(pyo3::intern!(py, "data_received"), (data,)) {
-            return Self::fatal_error(
-                slf,
-                err,
-                "Fatal error: protocol.data_received() call failed.",
-            );
-        }
-        Ok(())
-    }
-
-    fn read_get_buffer(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let Some(protocol) = this.protocol(py) else {
-            return Ok(());
-        };
-        let buf = match protocol
-            .call_method1(pyo3::intern!(py, "get_buffer"), (-1,))
-            .and_then(|b| {
-                if b.len()? == 0 {
-                    Err(PyRuntimeError::new_err(
-                        "get_buffer() returned an empty buffer",
-                    ))
-                } else {
-                    Ok(b)
-                }
-            }) {
-            Ok(b) => b,
-            Err(err) => {
-                return Self::fatal_error(
-                    slf,
-                    err,
-                    "Fatal error: protocol.get_buffer() call failed.",
-                )
-            }
-        };
-        // The protocol's own buffer is filled in place: by recv(2) when it is a writable
-        // C-contiguous buffer, else through the socket object as asyncio does
-        // (`sock.recv_into`), which takes any writable buffer or raises its TypeError.
-        let nbytes = match syscalls::recv_into_buffer(this.fd, &buf) {
-            Some(Ok(n)) => n,
-            Some(Err(Errno::EAGAIN | Errno::EINTR)) => return Ok(()),
-            Some(Err(e)) => {
-                return Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")
-            }
-            None => {
-                let sock = this.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
-                let Some(sock) = sock else { return Ok(()) };
-                match sock
-                    .bind(py)
-                    .call_method1(pyo3::intern!(py, "recv_into"), (buf,))
-                {
-                    Ok(n) => n.extract::<usize>()?,
-                    Err(err) => {
-                        if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
-                            || err.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py)
-                        {
-                            return Ok(());
-                        }
-                        return Self::fatal_error(slf, err, "Fatal read error on socket transport");
-                    }
-                }
-            }
-        };
-        this.io.read(nbytes);
-        if nbytes == 0 {
-            return Self::on_eof(slf);
-        }
-        if let Err(err) = protocol.call_method1(pyo3::intern!(py, "buffer_updated"), (nbytes,)) {
-            return Self::fatal_error(
-                slf,
-                err,
-                "Fatal error: protocol.buffer_updated() call failed.",
-            );
-        }
-        Ok(())
-    }
-
-    fn start_close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        let flushed = {
-            let mut st = this.st.borrow_mut(py);
-            if st.closing {
-                return Ok(());
-            }
-            st.closing = true;
-            let flushed = st.pending() == 0;
-            if flushed {
-                st.conn_lost += 1;
-            }
-            flushed
-        };
-        this.remove_io(py, Dir::Read)?;
-        if flushed {
-            this.remove_io(py, Dir::Write)?;
-            let cb = slf.getattr(pyo3::intern!(py, "_call_connection_lost"))?;
-            this.call_soon(py, &cb, Some(&py.None().into_bound(py)))?;
-        }
-        Ok(())
-    }
-
-    /// `write(data)` for ferroloop's TLS layer above, which hands over its records.
-    pub(crate) fn write_bytes(slf: &Bound<'_, Self>, data: &Bound<'_, PyBytes>) -> PyResult<()> {
-        Self::send_or_buffer(slf, &[Data::Bytes(data.clone())])
-    }
-
     /// `is_closing()`, for the TLS layer above.
     pub(crate) fn closing(&self, py: Python<'_>) -> bool {
         self.st.borrow(py).closing
@@ -594,6 +247,7 @@ impl StreamTransport {
                 protocol_connected: true,
                 wbuf: Vec::new(),
                 head: 0,
+                deferred: false,
                 conn_lost: 0,
                 closing: false,
                 paused: false,
@@ -754,9 +408,12 @@ impl StreamTransport {
         Self::send_or_buffer(slf, &chunks)
     }
 
-    fn write_eof(&self, py: Python<'_>) -> PyResult<()> {
+    fn write_eof(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        Self::flush_deferred(slf)?;
+        let this = slf.get();
         let shut = {
-            let mut st = self.st.borrow_mut(py);
+            let mut st = this.st.borrow_mut(py);
             if st.closing || st.eof {
                 return Ok(());
             }
@@ -764,7 +421,7 @@ impl StreamTransport {
             st.pending() == 0
         };
         if shut {
-            socket::shutdown(self.fd, Shutdown::Write).map_err(os_error)?;
+            socket::shutdown(this.fd, Shutdown::Write).map_err(os_error)?;
         }
         Ok(())
     }
@@ -874,11 +531,14 @@ impl StreamTransport {
         Ok(())
     }
 
-    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        // Bytes written for the old protocol go out before anything of the new one's.
+        Self::flush_deferred(slf)?;
         let buffered = is_buffered_protocol(protocol)?;
         let tls = tls_of(protocol);
         let old = {
-            let mut st = self.st.borrow_mut(py);
+            let mut st = slf.get().st.borrow_mut(py);
             st.buffered = buffered;
             let old_tls = std::mem::replace(&mut st.tls, tls);
             st.protocol_connected = true;
@@ -892,8 +552,10 @@ impl StreamTransport {
         self.protocol(py).map(Bound::unbind)
     }
 
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).pending()
+    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        // asyncio's size right after a small write on a writable socket is 0.
+        Self::flush_deferred(slf)?;
+        Ok(slf.get().st.borrow(slf.py()).pending())
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
@@ -906,21 +568,25 @@ impl StreamTransport {
         high: Option<&Bound<'_, PyAny>>,
         low: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        Self::flush_deferred(slf)?;
         Self::set_limits(slf, high, low)
     }
 
-    fn _make_empty_waiter(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.st.borrow(py).empty_waiter.is_some() {
+    fn _make_empty_waiter(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if slf.get().st.borrow(py).empty_waiter.is_some() {
             return Err(PyRuntimeError::new_err("Empty waiter is already set"));
         }
-        let Some(lp) = self.loop_of(py) else {
+        Self::flush_deferred(slf)?;
+        let this = slf.get();
+        let Some(lp) = this.loop_of(py) else {
             return Err(PyRuntimeError::new_err("transport is closed"));
         };
         let waiter = lp.call_method0("create_future")?.unbind();
-        if self.st.borrow(py).pending() == 0 {
+        if this.st.borrow(py).pending() == 0 {
             waiter.bind(py).call_method1("set_result", (py.None(),))?;
         }
-        self.st.borrow_mut(py).empty_waiter = Some(waiter.clone_ref(py));
+        this.st.borrow_mut(py).empty_waiter = Some(waiter.clone_ref(py));
         Ok(waiter)
     }
 
@@ -929,10 +595,19 @@ impl StreamTransport {
         drop(old);
     }
 
-    /// The socket, until the connection is lost.
+    /// The socket, until the connection is lost (with what was written sent first: its
+    /// taker, such as `sock_sendfile`, writes to it directly).
     #[getter]
-    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py))
+    fn _sock(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        Self::flush_deferred(slf)?;
+        Ok(slf
+            .get()
+            .st
+            .borrow(py)
+            .sock
+            .as_ref()
+            .map(|s| s.clone_ref(py)))
     }
 
     #[getter]

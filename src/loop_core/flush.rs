@@ -1,0 +1,70 @@
+//! The flush list: stream transports holding small writes made during the running
+//! callback, sent together (one syscall per transport) as soon as that callback returns.
+//!
+//! A protocol often writes a response in pieces (uvicorn: the headers, then the body);
+//! sending each at once costs a syscall and a TCP segment apiece. Deferring them to the
+//! end of the callback is invisible to asyncio's API: the transport flushes first whenever
+//! its state could be observed (see transports/stream/coalesce.rs).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use pyo3::prelude::*;
+
+use super::handles::thread_id;
+use super::LoopCore;
+use crate::errors;
+use crate::transports::stream::StreamTransport;
+
+impl LoopCore {
+    /// Marks the start of a callback the run step runs on thread `id`
+    /// (handles::thread_id), or its end (0).
+    #[inline]
+    pub(super) fn set_in_callback(&self, id: u64) {
+        self.callback_thread.store(id, Relaxed);
+    }
+
+    /// Whether a write may be deferred now: this loop's run step is running a callback on
+    /// the calling thread (not a write from another thread while the GIL is released, nor
+    /// one made before the loop runs or between its callbacks).
+    #[inline]
+    pub(crate) fn in_callback(&self) -> bool {
+        let running = self.callback_thread.load(Relaxed);
+        running != 0 && running == thread_id()
+    }
+
+    /// Queues `transport` to be flushed when the running callback returns (once: the
+    /// transport queues itself only when it has nothing deferred yet).
+    pub(crate) fn defer_flush(&self, py: Python<'_>, transport: Py<StreamTransport>) {
+        self.st.borrow_mut(py).flush.push_back(transport);
+    }
+
+    #[inline]
+    pub(super) fn has_deferred_writes(&self, py: Python<'_>) -> bool {
+        !self.st.borrow(py).flush.is_empty()
+    }
+
+    /// Sends what the queued transports hold. A send error is the transport's own (its
+    /// fatal-error path closes it, with connection_lost as a direct send's error would
+    /// give); only an exception that must propagate (KeyboardInterrupt, SystemExit) is
+    /// returned, after every transport had its turn.
+    pub(super) fn flush_writes(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let mut first_err = None;
+        // One at a time, in the order they wrote (the queue keeps its allocation).
+        loop {
+            let Some(t) = this.st.borrow_mut(py).flush.pop_front() else {
+                break;
+            };
+            if let Err(err) = StreamTransport::flush_deferred(t.bind(py)) {
+                if first_err.is_none() && errors::propagates(py, &err) {
+                    first_err = Some(err);
+                } else {
+                    // Nobody is left to raise it to (the callback has returned).
+                    err.write_unraisable(py, Some(t.bind(py).as_any()));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
