@@ -195,7 +195,7 @@ class Res:
 LOOP_METHODS: dict[str, tuple[str, Callable[[Res], list[Any]], tuple[str, ...]]] = {
     "call_soon": ("sync", lambda r: [noop], ()),
     "call_soon_threadsafe": ("sync", lambda r: [noop], ()),
-    "call_later": ("sync", lambda r: [0.001, noop], ()),
+    "call_later": ("sync", lambda r: [0, noop], ()),  # due at once: one iteration runs it
     "call_at": ("sync", lambda r: [r.loop.time(), noop], ()),
     "time": ("sync", lambda r: [], ()),
     "create_future": ("sync", lambda r: [], ()),
