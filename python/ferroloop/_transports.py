@@ -38,11 +38,11 @@ def _set_nodelay(sock: socket.socket) -> None:
     """
     # The C members, not socket.socket's properties, which build an enum each (two
     # Python calls per connection).
-    if (
-        _family(sock) in _INET
-        and _type(sock) == socket.SOCK_STREAM
-        and sock.proto in (0, socket.IPPROTO_TCP)
-    ):
+    try:
+        family, stype = _family(sock), _type(sock)
+    except TypeError:  # not a socket object (a test's mock of one)
+        family, stype = sock.family, sock.type
+    if family in _INET and stype == socket.SOCK_STREAM and sock.proto in (0, socket.IPPROTO_TCP):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
