@@ -161,20 +161,7 @@ class ConnectionMethods:
         try:
             sent = os.sendfile(fd, fileno, offset, blocksize)
         except (BlockingIOError, InterruptedError):
-            if registered_fd is None:
-                _remove_writer_on_cancel(self, fut, sock)
-            self.add_writer(  # type: ignore[attr-defined]
-                fd,
-                self._sock_sendfile_native_impl,
-                fut,
-                fd,
-                sock,
-                fileno,
-                offset,
-                count,
-                blocksize,
-                total_sent,
-            )
+            pass  # wait until the socket is writable (below)
         except OSError as exc:
             if (
                 registered_fd is not None
@@ -191,32 +178,34 @@ class ConnectionMethods:
                 fut.set_exception(exceptions.SendfileNotAvailableError("os.sendfile call failed"))
             else:
                 fut.set_exception(exc)
+            return
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             _update_filepos(fileno, offset, total_sent)
             fut.set_exception(exc)
+            return
         else:
             if sent == 0:  # end of file
                 _update_filepos(fileno, offset, total_sent)
                 fut.set_result(total_sent)
-            else:
-                offset += sent
-                total_sent += sent
-                if registered_fd is None:
-                    _remove_writer_on_cancel(self, fut, sock)
-                self.add_writer(  # type: ignore[attr-defined]
-                    fd,
-                    self._sock_sendfile_native_impl,
-                    fut,
-                    fd,
-                    sock,
-                    fileno,
-                    offset,
-                    count,
-                    blocksize,
-                    total_sent,
-                )
+                return
+            offset += sent
+            total_sent += sent
+        if registered_fd is None:
+            _remove_writer_on_cancel(self, fut, sock)
+        self.add_writer(  # type: ignore[attr-defined]
+            fd,
+            self._sock_sendfile_native_impl,
+            fut,
+            fd,
+            sock,
+            fileno,
+            offset,
+            count,
+            blocksize,
+            total_sent,
+        )
 
     async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: Any) -> int:
         # The transport steps aside while the socket is written directly: reading paused,
