@@ -25,7 +25,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::LoopStats;
+use super::{LoopStats, ON};
 
 /// The transport kinds `stats()` reports, in its order.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -77,7 +77,9 @@ pub(crate) struct TransportIo {
 
 impl TransportIo {
     pub(crate) fn opened(stats: &Arc<LoopStats>, kind: TransportKind) -> Self {
-        stats.io(kind).open.fetch_add(1, Relaxed);
+        if ON {
+            stats.io(kind).open.fetch_add(1, Relaxed);
+        }
         TransportIo {
             stats: Arc::clone(stats),
             kind,
@@ -89,6 +91,9 @@ impl TransportIo {
     /// `tls`, `n` plaintext bytes delivered to the protocol.
     #[inline]
     pub(crate) fn read(&self, n: usize) {
+        if !ON {
+            return;
+        }
         let io = self.stats.io(self.kind);
         io.reads.fetch_add(1, Relaxed);
         io.bytes_read.fetch_add(n as u64, Relaxed);
@@ -98,6 +103,9 @@ impl TransportIo {
     /// a `write()`/`writelines()` of `n` plaintext bytes.
     #[inline]
     pub(crate) fn wrote(&self, n: usize) {
+        if !ON {
+            return;
+        }
         let io = self.stats.io(self.kind);
         io.writes.fetch_add(1, Relaxed);
         io.bytes_written.fetch_add(n as u64, Relaxed);
@@ -105,7 +113,7 @@ impl TransportIo {
 
     /// The transport is closed (its connection lost); idempotent.
     pub(crate) fn closed(&self) {
-        if self.open.swap(false, Relaxed) {
+        if ON && self.open.swap(false, Relaxed) {
             self.stats.io(self.kind).open.fetch_sub(1, Relaxed);
         }
     }

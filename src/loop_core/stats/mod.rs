@@ -30,6 +30,12 @@ use io::{IoCounters, KINDS};
 pub(crate) use io::{OpenServer, TransportIo, TransportKind};
 use timing::Timing;
 
+/// Whether the loop keeps statistics: the `stats` feature, on by default. A build without
+/// it (`cargo build --no-default-features`, `benchmarks/variant.sh REV PY nostats`) exists
+/// to measure what they cost: every hook below returns at once, `stats()` reads zeros and
+/// the blocking detector sees no callback.
+pub(crate) const ON: bool = cfg!(feature = "stats");
+
 /// What the loop thread is doing, for the watchdog.
 pub(crate) const IDLE: u8 = 0;
 pub(crate) const BUSY: u8 = 1;
@@ -149,29 +155,47 @@ impl LoopStats {
 
     /// A `Server` was made (through `OpenServer`, which balances it with `server_closed`).
     fn server_opened(&self) {
+        if !ON {
+            return;
+        }
         self.servers.fetch_add(1, Relaxed);
     }
 
     fn server_closed(&self) {
+        if !ON {
+            return;
+        }
         self.servers.fetch_sub(1, Relaxed);
     }
 
     pub(crate) fn timer_scheduled(&self) {
+        if !ON {
+            return;
+        }
         self.timers_scheduled.add(1);
     }
 
     pub(crate) fn timer_cancelled(&self) {
+        if !ON {
+            return;
+        }
         self.timers_cancelled.add(1);
     }
 
     #[inline]
     pub(crate) fn timer_fired(&self) {
+        if !ON {
+            return;
+        }
         self.timers_fired.add(1);
     }
 
     /// One iteration with `ready` handles to run.
     #[inline]
     pub(crate) fn iteration(&self, ready: usize) {
+        if !ON {
+            return;
+        }
         self.iterations.add(1);
         if ready as u64 > self.max_ready.get() {
             self.max_ready.set(ready as u64);
@@ -180,6 +204,9 @@ impl LoopStats {
 
     #[inline]
     pub(crate) fn io_events(&self, n: u64) {
+        if !ON {
+            return;
+        }
         self.io_events.add(n);
     }
 
@@ -189,6 +216,9 @@ impl LoopStats {
 
     /// `run_forever` (or one `_run_once`) begins; returns its start for `run_end`.
     pub(crate) fn run_start(&self) -> u64 {
+        if !ON {
+            return 0;
+        }
         self.phase.store(BUSY, Relaxed);
         self.runs.add(1);
         // The first callbacks of a run are timed until two show how long they take.
@@ -199,6 +229,9 @@ impl LoopStats {
     }
 
     pub(crate) fn run_end(&self, py: Python<'_>, start: u64) {
+        if !ON {
+            return;
+        }
         self.check_end();
         self.phase.store(IDLE, Relaxed);
         let now = clock::ticks();
@@ -213,6 +246,9 @@ impl LoopStats {
     /// A poll that may block begins; returns its start for `poll_end`.
     #[inline]
     pub(crate) fn poll_start(&self) -> u64 {
+        if !ON {
+            return 0;
+        }
         self.check_end();
         self.phase.store(POLLING, Relaxed);
         let now = clock::ticks();
@@ -223,6 +259,9 @@ impl LoopStats {
 
     #[inline]
     pub(crate) fn poll_end(&self, start: u64) {
+        if !ON {
+            return;
+        }
         self.phase.store(BUSY, Relaxed);
         self.poll_since.store(0, Relaxed);
         self.poll_ticks.add(clock::ticks().saturating_sub(start));
@@ -232,6 +271,9 @@ impl LoopStats {
     /// watches, and returns its start (ticks) if it is one to time.
     #[inline]
     pub(crate) fn callback_start(&self, handle: &Bound<'_, Handle>) -> Option<u64> {
+        if !ON {
+            return None;
+        }
         let flags = self.flags.load(Relaxed);
         let stamp = if flags != 0 {
             self.watched_start(flags, handle)
@@ -263,6 +305,9 @@ impl LoopStats {
     /// The callback that `callback_start` announced has returned.
     #[inline]
     pub(crate) fn callback_end(&self) {
+        if !ON {
+            return;
+        }
         if self.flags.load(Relaxed) != 0 {
             self.watched_end();
         }
@@ -279,6 +324,9 @@ impl LoopStats {
     /// handle is recycled.
     #[cold]
     pub(crate) fn timed(&self, handle: &Bound<'_, Handle>, start: u64) {
+        if !ON {
+            return;
+        }
         let py = handle.py();
         let d = clock::ticks().saturating_sub(start);
         let (seq, poll, run) = (self.callbacks.get(), self.poll_ticks.get(), self.runs.get());
