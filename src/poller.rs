@@ -133,7 +133,12 @@ impl Poller {
 
     /// Wakes a blocked `wait`; a no-op when the loop is not polling or already woken.
     pub fn wake(&self) {
-        if self.polling.load(Ordering::SeqCst) && !self.woken.swap(true, Ordering::SeqCst) {
+        // The load first: in a burst from other threads the eventfd is written once, and
+        // the later calls only read the flag (a swap would write its cache line each time).
+        if self.polling.load(Ordering::SeqCst)
+            && !self.woken.load(Ordering::SeqCst)
+            && !self.woken.swap(true, Ordering::SeqCst)
+        {
             let _ = self.waker.write(1);
         }
     }

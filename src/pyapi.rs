@@ -42,6 +42,45 @@ pub fn run_in_context<'py>(
     result
 }
 
+/// Whether the cyclic GC tracks `obj`.
+#[inline]
+pub fn gc_is_tracked(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: `obj` is live and the GIL is held; the call reads the object's GC header
+    // (or answers 0 for a type without one).
+    unsafe { ffi::PyObject_GC_IsTracked(obj.as_ptr()) != 0 }
+}
+
+/// Stops the cyclic GC tracking `obj`, an instance of a GC type (no-op if untracked).
+/// The caller keeps the references it holds visible to the GC some other way, or
+/// accepts that cycles through it are not collected until `gc_track`.
+#[inline]
+pub fn gc_untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: `obj` is live, the GIL is held, and PyObject_GC_UnTrack checks whether the
+    // object is tracked before unlinking it (safe to call twice).
+    unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
+}
+
+/// Tracks `obj` again (an instance of a GC type) if `gc_untrack` stopped it.
+#[inline]
+pub fn gc_track(obj: &Bound<'_, PyAny>) {
+    if !gc_is_tracked(obj) {
+        // SAFETY: `obj` is live, of a GC type (the only objects we untrack), the GIL is
+        // held, and it is not tracked (tracking a tracked object is a fatal error).
+        unsafe { ffi::PyObject_GC_Track(obj.as_ptr().cast()) }
+    }
+}
+
+/// For a traverse (which holds no `Python` token): whether `obj` is untracked and
+/// referenced only by the caller's one reference, so that the caller may visit what it
+/// references as its own.
+#[inline]
+pub fn untracked_and_alone<T>(obj: &Py<T>) -> bool {
+    let ptr = obj.as_ptr();
+    // SAFETY: a traverse runs with the GIL held (during a collection), and `obj` is live
+    // (the caller holds a reference); both calls only read the object's header.
+    unsafe { ffi::Py_REFCNT(ptr) == 1 && ffi::PyObject_GC_IsTracked(ptr) == 0 }
+}
+
 /// The object's reference count.
 #[inline]
 pub fn refcnt(obj: &Bound<'_, PyAny>) -> isize {

@@ -379,6 +379,109 @@ def test_object_handle_cycles_are_collected(loop):
     assert ref() is None
 
 
+# A burst: more handles waiting than ferroloop keeps tracked by the cycle collector
+# while they wait (UNTRACK_FROM in src/loop_core/mod.rs is 512).
+BURST = 2000
+
+
+def test_burst_handle_held_in_cycle_lives_until_it_ran(loop):
+    for _ in range(BURST):
+        loop.call_soon(noop)
+    fired = []
+
+    class Owner:
+        def __init__(self):
+            self.soon = loop.call_soon(self.fire)
+
+        def fire(self):
+            fired.append(self)
+
+    owner = Owner()
+    ref = weakref.ref(owner)
+    del owner
+    gc.collect()  # queued: reachable from the loop, not garbage
+    assert ref() is not None
+    run_once(loop)
+    assert fired and fired[0] is ref()
+    fired.clear()
+    gc.collect()  # ran: the cycle owner -> handle -> bound method -> owner is garbage
+    assert ref() is None
+
+
+def test_burst_context_values_live_until_the_callback_ran(loop):
+    var: contextvars.ContextVar[object] = contextvars.ContextVar("var")
+
+    class Value:
+        pass
+
+    seen = []
+    for _ in range(BURST):
+        loop.call_soon(noop)
+
+    def schedule():
+        value = Value()
+        var.set(value)
+        loop.call_soon(lambda: seen.append(var.get()))
+        return weakref.ref(value)
+
+    ref = contextvars.Context().run(schedule)  # only the handle's copy holds the value now
+    gc.collect()
+    assert ref() is not None
+    run_once(loop)
+    assert seen == [ref()]
+    seen.clear()
+    gc.collect()
+    assert ref() is None
+
+
+def test_unclosed_loop_with_a_burst_of_cycles_is_collected(loop_factory):
+    lp = loop_factory()
+    for _ in range(BURST):
+        lp.call_soon(lp.stop)  # loop -> handle -> bound method -> loop
+    ref = weakref.ref(lp)
+    holder = [lp]
+    del lp
+    with pytest.warns(ResourceWarning, match="unclosed event loop"):
+        drop_and_collect(holder)
+    assert ref() is None
+
+
+def test_threadsafe_burst_runs_each_callback_in_its_own_context(loop):
+    # Four threads queue faster than the loop runs; every callback sees the value its
+    # thread set, in a context of its own (a set() inside one is seen by no other).
+    var: contextvars.ContextVar[tuple[int, int]] = contextvars.ContextVar("var")
+    mark: contextvars.ContextVar[bool] = contextvars.ContextVar("mark", default=False)
+    nthreads, per = 4, 5000
+    seen = []
+    leaked = []
+
+    def cb(expected):
+        seen.append(var.get() == expected)
+        leaked.append(mark.get())
+        mark.set(True)
+        if len(seen) == nthreads * per:
+            loop.stop()
+
+    go = threading.Event()
+
+    def producer(t):
+        go.wait()
+        for i in range(per):
+            var.set((t, i))
+            loop.call_soon_threadsafe(cb, (t, i))
+
+    threads = [threading.Thread(target=producer, args=(t,)) for t in range(nthreads)]
+    for th in threads:
+        th.start()
+    loop.call_soon(go.set)
+    loop.run_forever()
+    for th in threads:
+        th.join()
+    assert len(seen) == nthreads * per and all(seen)
+    assert not any(leaked)
+    gc.collect()
+
+
 def test_is_running(loop):
     seen = []
 

@@ -142,6 +142,53 @@ impl Handle {
         }
     }
 
+    /// Visits what the handle references: its own traverse, and the loop's for the
+    /// queued handles it keeps untracked (`LoopCore::schedule_soon`).
+    pub(crate) fn traverse_state(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Ok(s) = self.state.try_borrow_for_gc(visit) else {
+            return Ok(());
+        };
+        for obj in [&s.callback, &s.context, &s.loop_, &s.source_traceback]
+            .into_iter()
+            .flatten()
+        {
+            visit.call(obj)?;
+        }
+        if let Some(args) = &s.args {
+            visit.call(args)?;
+        }
+        Ok(())
+    }
+
+    /// Untracks a handle being queued, and the context copy it made for itself
+    /// (`LoopCore::schedule_soon` says why).
+    pub(crate) fn gc_untrack_queued(slf: &Bound<'_, Handle>) {
+        let py = slf.py();
+        pyapi::gc_untrack(slf.as_any());
+        if let Some(ctx) = &slf.get().state.borrow(py).context {
+            // Referenced by this handle alone: the copy it made (a caller's context is
+            // still referenced by the caller's arguments).
+            if pyapi::refcnt(ctx.bind(py)) == 1 {
+                pyapi::gc_untrack(ctx.bind(py));
+            }
+        }
+    }
+
+    /// Tracks the handle, and the context it made itself, by the GC again
+    /// (`LoopCore::schedule_soon` untracked them while queued).
+    /// Returns whether it was untracked.
+    pub(crate) fn gc_track(slf: &Bound<'_, Handle>) -> bool {
+        let py = slf.py();
+        if pyapi::gc_is_tracked(slf.as_any()) {
+            return false;
+        }
+        pyapi::gc_track(slf.as_any());
+        if let Some(ctx) = &slf.get().state.borrow(py).context {
+            pyapi::gc_track(ctx.bind(py));
+        }
+        true
+    }
+
     /// Marks the handle as made by `call_soon_threadsafe`.
     pub(crate) fn set_threadsafe(&self, py: Python<'_>) {
         self.state.borrow_mut(py).threadsafe = true;
@@ -436,19 +483,7 @@ impl Handle {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Ok(s) = self.state.try_borrow_for_gc(&visit) else {
-            return Ok(());
-        };
-        for obj in [&s.callback, &s.context, &s.loop_, &s.source_traceback]
-            .into_iter()
-            .flatten()
-        {
-            visit.call(obj)?;
-        }
-        if let Some(args) = &s.args {
-            visit.call(args)?;
-        }
-        Ok(())
+        self.traverse_state(&visit)
     }
 
     fn __clear__(&self) {

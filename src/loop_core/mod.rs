@@ -37,6 +37,8 @@ use timers::Timers;
 
 pub(crate) struct State {
     ready: VecDeque<Py<Handle>>,
+    /// Queued handles the GC does not track (`schedule_soon`), still in `ready`.
+    untracked: usize,
     timers: Timers,
     fds: Fds,
     poller: Option<Arc<Poller>>,
@@ -81,6 +83,9 @@ pub struct LoopCore {
 /// allocating, which also spares the collector the young-object traversals new handles
 /// cause. At most ~2 MB per loop, kept for the loop's life.
 const HANDLE_POOL_MAX: usize = 16384;
+/// From this many handles waiting, a handle `call_soon` queues is not tracked by the GC
+/// while it waits (`schedule_soon`).
+const UNTRACK_FROM: usize = 512;
 /// Fired timers kept for reuse.
 const TIMER_POOL_MAX: usize = 4096;
 /// How often the sockets of waiting socket calls are checked for a close() (seconds).
@@ -118,6 +123,7 @@ impl LoopCore {
         Ok(LoopCore {
             st: GilCell::new(State {
                 ready: VecDeque::with_capacity(64),
+                untracked: 0,
                 timers: Timers::default(),
                 fds: Fds::default(),
                 poller: Some(Arc::new(poller)),
@@ -387,7 +393,7 @@ impl LoopCore {
             let mut st = self.st.borrow_mut(py);
             st.closed = true;
             (
-                std::mem::take(&mut st.ready),
+                retracked(py, &mut st),
                 st.timers.take_all(),
                 st.fds.take_all(),
                 st.poller.take(),
@@ -654,12 +660,18 @@ impl LoopCore {
         let Ok(st) = self.st.try_borrow_for_gc(&visit) else {
             return Ok(());
         };
-        for h in st
-            .ready
-            .iter()
-            .chain(st.fds.iter())
-            .chain(st.handle_pool.iter())
-        {
+        for h in &st.ready {
+            // A queued handle the GC does not track (`schedule_soon`) is part of the
+            // queue while only the queue holds it: its references are visited as the
+            // loop's. Held elsewhere too, its references count as external ones: kept
+            // alive, never freed early.
+            if st.untracked > 0 && pyapi::untracked_and_alone(h) {
+                h.get().traverse_state(&visit)?;
+            } else {
+                visit.call(h)?;
+            }
+        }
+        for h in st.fds.iter().chain(st.handle_pool.iter()) {
             visit.call(h)?;
         }
         for obj in st.fds.fileobjs() {
@@ -685,7 +697,7 @@ impl LoopCore {
             let released = {
                 let mut st = self.st.borrow_mut(py);
                 (
-                    std::mem::take(&mut st.ready),
+                    retracked(py, &mut st),
                     st.timers.take_all(),
                     st.fds.take_all(),
                     st.task_factory.take(),
@@ -699,6 +711,18 @@ impl LoopCore {
             drop(released);
         })
     }
+}
+
+/// The ready queue, taken, its handles tracked by the GC again (see `schedule_soon`):
+/// the queue is going away, and what else holds them must see their cycles collected.
+fn retracked(py: Python<'_>, st: &mut State) -> VecDeque<Py<Handle>> {
+    let ready = std::mem::take(&mut st.ready);
+    if std::mem::take(&mut st.untracked) > 0 {
+        for h in &ready {
+            Handle::gc_track(h.bind(py));
+        }
+    }
+    ready
 }
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {

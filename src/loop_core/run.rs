@@ -63,6 +63,10 @@ impl LoopCore {
                 break;
             };
             let handle = handle.into_bound(py);
+            // Out of the queue: the GC tracks it again (see `schedule_soon`).
+            if this.st.borrow(py).untracked > 0 && Handle::gc_track(&handle) {
+                this.st.borrow_mut(py).untracked -= 1;
+            }
             let is_timer = match handle.cast_exact::<TimerHandle>() {
                 Ok(timer) => {
                     this.st.borrow_mut(py).timers.fired(py, timer);
