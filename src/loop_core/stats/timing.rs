@@ -20,6 +20,17 @@ use crate::clock;
 pub(super) const SAMPLE_MASK: u64 = 31;
 /// Start-to-start time per callback from which every callback is timed.
 const FULL_TIMING_NS: f64 = 4000.0;
+/// `FULL_TIMING_NS`, or FERROLOOP_STATS_FULL_TIMING_NS for a run under a simulator that
+/// slows every callback down alike (benchmarks/instructions.py: valgrind runs code ~50×
+/// slower, which would time every callback and count instructions no real run spends).
+fn full_timing_ns() -> f64 {
+    std::env::var("FERROLOOP_STATS_FULL_TIMING_NS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .unwrap_or(FULL_TIMING_NS)
+}
+
 /// An untimed stretch this long holds a slow callback worth reporting.
 const HIDDEN_MIN_NS: f64 = 1e6;
 /// Callbacks timed one by one after an untimed slow one.
@@ -98,7 +109,7 @@ impl Timing {
             last_poll: 0,
             last_run: 0,
             probation: 0,
-            full_timing_ticks: (FULL_TIMING_NS * per_ns) as u64,
+            full_timing_ticks: (full_timing_ns() * per_ns) as u64,
             hidden_min_ticks: (HIDDEN_MIN_NS * per_ns) as u64,
         }
     }
