@@ -434,6 +434,49 @@ def test_burst_context_values_live_until_the_callback_ran(loop):
     assert ref() is None
 
 
+def test_burst_handle_kept_by_the_exception_handler_is_collected(loop):
+    kept = []
+    loop.set_exception_handler(lambda lp, context: kept.append(context["handle"]))
+    for _ in range(BURST):
+        loop.call_soon(noop)
+
+    class Owner:
+        def fail(self):
+            self.handles = kept  # owner -> kept -> handle -> bound method -> owner
+            raise ValueError("boom")
+
+    owner = Owner()
+    ref = weakref.ref(owner)
+    loop.call_soon(owner.fail)
+    del owner
+    run_once(loop)
+    assert len(kept) == 1
+    del kept
+    gc.collect()
+    assert ref() is None
+
+
+def test_burst_context_kept_by_a_token_is_collected(loop):
+    var: contextvars.ContextVar[object] = contextvars.ContextVar("var")
+
+    class Value:
+        pass
+
+    refs = []
+    for _ in range(BURST):
+        loop.call_soon(noop)
+
+    def cb():
+        value = Value()
+        value.token = var.set(value)  # context -> value -> token -> context
+        refs.append(weakref.ref(value))
+
+    loop.call_soon(cb)
+    run_once(loop)
+    gc.collect()
+    assert len(refs) == 1 and refs[0]() is None
+
+
 def test_unclosed_loop_with_a_burst_of_cycles_is_collected(loop_factory):
     lp = loop_factory()
     for _ in range(BURST):

@@ -176,17 +176,35 @@ impl Handle {
 
     /// Tracks the handle, and the context it made itself, by the GC again
     /// (`LoopCore::schedule_soon` untracked them while queued).
-    /// Returns whether it was untracked.
-    pub(crate) fn gc_track(slf: &Bound<'_, Handle>) -> bool {
+    pub(crate) fn gc_track(slf: &Bound<'_, Handle>) {
         let py = slf.py();
         if pyapi::gc_is_tracked(slf.as_any()) {
-            return false;
+            return;
         }
         pyapi::gc_track(slf.as_any());
         if let Some(ctx) = &slf.get().state.borrow(py).context {
             pyapi::gc_track(ctx.bind(py));
         }
-        true
+    }
+
+    /// An untracked handle leaves the queue: its context (if it made it) is tracked
+    /// again at once, as it must be before it can be freed (CPython's Context dealloc
+    /// unlinks it from the GC's list unchecked).
+    pub(crate) fn gc_track_context(slf: &Bound<'_, Handle>) {
+        let py = slf.py();
+        if let Some(ctx) = &slf.get().state.borrow(py).context {
+            pyapi::gc_track(ctx.bind(py));
+        }
+    }
+
+    /// An untracked handle ran (or was cancelled): tracked again if anything but the run
+    /// step holds it (an exception handler kept it). Held by the run step alone it stays
+    /// untracked: it is recycled empty or freed (tracking it would make a pooled handle
+    /// young again, for every collection to walk).
+    pub(crate) fn gc_track_if_held(slf: &Bound<'_, Handle>) {
+        if pyapi::refcnt(slf.as_any()) > 1 {
+            pyapi::gc_track(slf.as_any());
+        }
     }
 
     /// Marks the handle as made by `call_soon_threadsafe`.

@@ -67,6 +67,16 @@ pub(crate) struct State {
     flush: VecDeque<Py<StreamTransport>>,
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        // Freed by reference counting with handles waiting untracked (close() and the
+        // GC's clear track them first): their contexts must be tracked before they go.
+        if self.untracked > 0 {
+            Python::attach(|py| drop(retracked(py, self)));
+        }
+    }
+}
+
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
 #[pyclass(name = "LoopCore", module = "ferroloop._core", subclass, frozen)]
 pub struct LoopCore {

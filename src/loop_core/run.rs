@@ -63,9 +63,12 @@ impl LoopCore {
                 break;
             };
             let handle = handle.into_bound(py);
-            // Out of the queue: the GC tracks it again (see `schedule_soon`).
-            if this.st.borrow(py).untracked > 0 && Handle::gc_track(&handle) {
+            // Untracked by the GC while it waited (see `schedule_soon`)?
+            let untracked =
+                this.st.borrow(py).untracked > 0 && !pyapi::gc_is_tracked(handle.as_any());
+            if untracked {
                 this.st.borrow_mut(py).untracked -= 1;
+                Handle::gc_track_context(&handle);
             }
             let is_timer = match handle.cast_exact::<TimerHandle>() {
                 Ok(timer) => {
@@ -86,6 +89,9 @@ impl LoopCore {
                     Handle::run(&handle)
                 };
                 this.set_in_callback(0);
+                if untracked {
+                    Handle::gc_track_if_held(&handle);
+                }
                 // The callback's small writes go out now, one send per transport.
                 let flushed = if this.has_deferred_writes(py) {
                     Self::flush_writes(slf)
@@ -98,6 +104,8 @@ impl LoopCore {
                 }
                 result?;
                 flushed?;
+            } else if untracked {
+                Handle::gc_track_if_held(&handle);
             }
             Self::recycle(this, handle);
         }

@@ -57,6 +57,8 @@ impl LoopCore {
             Some(handle) => {
                 // Recycled handles are empty: nothing to release from the old state.
                 let _empty = handle.get().rearm(py, state);
+                // One that waited untracked was pooled as it was (see `schedule_soon`).
+                pyapi::gc_track(handle.bind(py).as_any());
                 Ok(handle)
             }
             None => Py::new(py, Handle::new(state)),
