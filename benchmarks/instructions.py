@@ -32,7 +32,7 @@ COLLECTED = re.compile(r"Collected : (\d+)")
 
 def count(pythonpath: str, row: str, n: int) -> int:
     # Under valgrind every callback runs ~50x longer; the loop statistics would then time
-    # each one (they sample one in 32 while callbacks take under 4 us): scale the bar.
+    # each one (they sample one in 64 while callbacks take under 4 us): scale the bar.
     env = dict(os.environ, PYTHONPATH=pythonpath, FERROLOOP_STATS_FULL_TIMING_NS="400000")
     env.pop("PYTHONASYNCIODEBUG", None)
     out = subprocess.run(

@@ -184,7 +184,7 @@ class LoopCore:
           of two, so a quantile is the upper bound of a bucket 12.5% wide). Timing reads
           the CPU's time-stamp counter (CLOCK_MONOTONIC where the TSC is not invariant).
           Reading it costs ~15 ns, so while callbacks are short (under 4 µs start to
-          start, polls included) one in 32 is timed, which keeps the cost under 2% of a
+          start, polls included) one in 64 is timed, which keeps the cost under 2% of a
           flood of trivial callbacks; otherwise every one is;
         - `slowest_callback`: `{"repr", "seconds", "timed"}` of the slowest callback,
           named as asyncio's slow-callback warning names it (the task, for a task step;

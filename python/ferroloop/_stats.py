@@ -41,7 +41,7 @@ class TransportStats(TypedDict):
 
 class CallbackDurations(TypedDict):
     count: int
-    """Callbacks timed: one in 32 while they are short (under 4 µs start to start), every
+    """Callbacks timed: one in 64 while they are short (under 4 µs start to start), every
     one otherwise (see the stubs of `LoopCore.stats`)."""
     max: float
     p50: float

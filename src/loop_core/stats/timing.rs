@@ -2,8 +2,8 @@
 //! log-linear histogram, and the slowest callback.
 //!
 //! A callback costs ~120 ns in a flood and a TSC read ~15 ns in context here (timing every
-//! callback cost 10% of the flood benchmark), so callbacks are timed one in 32 while they
-//! are short (start to start, polls included, under 4 µs): then two TSC reads per 32
+//! callback cost 10% of the flood benchmark), so callbacks are timed one in 64 while they
+//! are short (start to start, polls included, under 4 µs): then two TSC reads per 64
 //! callbacks. While they are longer every callback is timed, which then costs under 1%.
 //! A slow callback among short untimed ones shows in the window between two timed ones:
 //! if that window, less its polls and the timed callback, is over 1 ms and longer than the
@@ -17,7 +17,7 @@ use pyo3::types::{PyDict, PyList};
 use crate::clock;
 
 /// One in `SAMPLE_MASK + 1` callbacks is timed while they are short.
-pub(super) const SAMPLE_MASK: u64 = 31;
+pub(super) const SAMPLE_MASK: u64 = 63;
 /// Start-to-start time per callback from which every callback is timed.
 const FULL_TIMING_NS: f64 = 4000.0;
 /// `FULL_TIMING_NS`, or FERROLOOP_STATS_FULL_TIMING_NS for a run under a simulator that
