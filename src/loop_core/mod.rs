@@ -4,6 +4,7 @@
 mod deadline;
 pub(crate) mod fds;
 mod flush;
+mod gc;
 pub(crate) mod handles;
 mod run;
 mod schedule;
@@ -67,16 +68,6 @@ pub(crate) struct State {
     flush: VecDeque<Py<StreamTransport>>,
 }
 
-impl Drop for State {
-    fn drop(&mut self) {
-        // Freed by reference counting with handles waiting untracked (close() and the
-        // GC's clear track them first): their contexts must be tracked before they go.
-        if self.untracked > 0 {
-            Python::attach(|py| drop(retracked(py, self)));
-        }
-    }
-}
-
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
 #[pyclass(name = "LoopCore", module = "ferroloop._core", subclass, frozen)]
 pub struct LoopCore {
@@ -93,9 +84,6 @@ pub struct LoopCore {
 /// allocating, which also spares the collector the young-object traversals new handles
 /// cause. At most ~2 MB per loop, kept for the loop's life.
 const HANDLE_POOL_MAX: usize = 16384;
-/// From this many handles waiting, a handle `call_soon` queues is not tracked by the GC
-/// while it waits (`schedule_soon`).
-const UNTRACK_FROM: usize = 512;
 /// Fired timers kept for reuse.
 const TIMER_POOL_MAX: usize = 4096;
 /// How often the sockets of waiting socket calls are checked for a close() (seconds).
@@ -403,7 +391,7 @@ impl LoopCore {
             let mut st = self.st.borrow_mut(py);
             st.closed = true;
             (
-                retracked(py, &mut st),
+                st.take_ready(py),
                 st.timers.take_all(),
                 st.fds.take_all(),
                 st.poller.take(),
@@ -667,72 +655,18 @@ impl LoopCore {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        let Ok(st) = self.st.try_borrow_for_gc(&visit) else {
-            return Ok(());
-        };
-        for h in &st.ready {
-            // A queued handle the GC does not track (`schedule_soon`) is part of the
-            // queue while only the queue holds it: its references are visited as the
-            // loop's. Held elsewhere too, its references count as external ones: kept
-            // alive, never freed early.
-            if st.untracked > 0 && pyapi::untracked_and_alone(h) {
-                h.get().traverse_state(&visit)?;
-            } else {
-                visit.call(h)?;
-            }
+        match self.st.try_borrow_for_gc(&visit) {
+            Ok(st) => st.traverse(&visit),
+            Err(_) => Ok(()),
         }
-        for h in st.fds.iter().chain(st.handle_pool.iter()) {
-            visit.call(h)?;
-        }
-        for obj in st.fds.fileobjs() {
-            visit.call(obj)?;
-        }
-        for t in st.timers.iter().chain(st.timer_pool.iter()) {
-            visit.call(t)?;
-        }
-        for obj in [&st.task_factory, &st.debug_obj].into_iter().flatten() {
-            visit.call(obj)?;
-        }
-        if let Some(h) = &st.current_handle {
-            visit.call(h)?;
-        }
-        for t in &st.flush {
-            visit.call(t)?;
-        }
-        Ok(())
     }
 
     fn __clear__(&self) {
         Python::attach(|py| {
-            let released = {
-                let mut st = self.st.borrow_mut(py);
-                (
-                    retracked(py, &mut st),
-                    st.timers.take_all(),
-                    st.fds.take_all(),
-                    st.task_factory.take(),
-                    st.debug_obj.take(),
-                    st.current_handle.take(),
-                    std::mem::take(&mut st.handle_pool),
-                    std::mem::take(&mut st.timer_pool),
-                    std::mem::take(&mut st.flush),
-                )
-            };
+            let released = self.st.borrow_mut(py).release_for_clear(py);
             drop(released);
         })
     }
-}
-
-/// The ready queue, taken, its handles tracked by the GC again (see `schedule_soon`):
-/// the queue is going away, and what else holds them must see their cycles collected.
-fn retracked(py: Python<'_>, st: &mut State) -> VecDeque<Py<Handle>> {
-    let ready = std::mem::take(&mut st.ready);
-    if std::mem::take(&mut st.untracked) > 0 {
-        for h in &ready {
-            Handle::gc_track(h.bind(py));
-        }
-    }
-    ready
 }
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {

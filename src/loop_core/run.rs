@@ -63,13 +63,8 @@ impl LoopCore {
                 break;
             };
             let handle = handle.into_bound(py);
-            // Untracked by the GC while it waited (see `schedule_soon`)?
-            let untracked =
-                this.st.borrow(py).untracked > 0 && !pyapi::gc_is_tracked(handle.as_any());
-            if untracked {
-                this.st.borrow_mut(py).untracked -= 1;
-                Handle::gc_track_context(&handle);
-            }
+            // Untracked by the GC while it waited (gc.rs)?
+            let untracked = this.st.borrow_mut(py).dequeued(&handle);
             let is_timer = match handle.cast_exact::<TimerHandle>() {
                 Ok(timer) => {
                     this.st.borrow_mut(py).timers.fired(py, timer);

@@ -9,7 +9,6 @@ use pyo3::types::{PyDict, PyTuple};
 
 use super::deadline::When;
 use super::handles::{self, Handle, HandleState, TimerHandle};
-use super::UNTRACK_FROM;
 use super::{LoopCore, CORE_TIME};
 use crate::clock;
 use crate::pyapi;
@@ -57,7 +56,7 @@ impl LoopCore {
             Some(handle) => {
                 // Recycled handles are empty: nothing to release from the old state.
                 let _empty = handle.get().rearm(py, state);
-                // One that waited untracked was pooled as it was (see `schedule_soon`).
+                // One that waited untracked was pooled as it was (gc.rs).
                 pyapi::gc_track(handle.bind(py).as_any());
                 Ok(handle)
             }
@@ -65,25 +64,12 @@ impl LoopCore {
         }
     }
 
-    /// Queues a plain handle for `state`. While `UNTRACK_FROM` others wait, the handle
-    /// (with the context copy it made for itself) is not tracked by the GC until it
-    /// leaves the queue (the run step, `close()` and the loop's clear track it again). A
-    /// burst of `call_soon_threadsafe` from other threads can queue 10^5 handles before
-    /// the loop runs them; tracked, they are walked by every collection and promoted,
-    /// and trigger full collections (CPU per call ×2.8 in a burst of 200k, measured).
-    /// Nothing is freed early: while only the queue holds such a handle, the loop's
-    /// traverse visits its references as its own; held elsewhere too, they count as
-    /// external references. What is kept longer: a cycle through a queued handle that
-    /// something else also holds, in a loop dropped unclosed before it runs.
+    /// Queues a plain handle for `state`; in a long queue, untracked by the GC while
+    /// it waits (gc.rs says why and how).
     pub(super) fn schedule_soon(slf: &Bound<'_, Self>, state: HandleState) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let handle = Self::handle_for(slf, state)?;
-        let st = &mut *slf.get().st.borrow_mut(py);
-        if st.ready.len() >= UNTRACK_FROM {
-            Handle::gc_untrack_queued(handle.bind(py));
-            st.untracked += 1;
-        }
-        st.ready.push_back(handle.clone_ref(py));
+        slf.get().st.borrow_mut(py).queue(handle.bind(py));
         Ok(handle)
     }
 
