@@ -128,9 +128,9 @@ pub(crate) fn send_batch<'a>(
     let mut hdrs: [libc::mmsghdr; SEND_BATCH] = unsafe { std::mem::zeroed() };
     // One control message per header: a cmsghdr and the u16 segment size, 8-aligned.
     let mut controls = [[0u64; 4]; SEND_BATCH];
-    let space = u32::try_from(std::mem::size_of::<u16>()).unwrap_or(2);
+    let data_len = std::mem::size_of::<u16>() as libc::c_uint;
     // SAFETY: CMSG_SPACE and CMSG_LEN only compute sizes.
-    let (cmsg_space, cmsg_len) = unsafe { (libc::CMSG_SPACE(space), libc::CMSG_LEN(space)) };
+    let (cmsg_space, cmsg_len) = unsafe { (libc::CMSG_SPACE(data_len), libc::CMSG_LEN(data_len)) };
     let iov_base = iovs.as_mut_ptr();
     let parts = groups.iter().zip(hdrs.iter_mut()).zip(controls.iter_mut());
     for ((group, hdr), control) in parts.take(ngroups) {

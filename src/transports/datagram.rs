@@ -183,12 +183,13 @@ impl DatagramTransport {
     fn force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        // What sendto() deferred was sent as far as the caller can tell.
-        Self::flush_out(slf)?;
+        // What sendto() deferred was sent as far as the caller can tell (an exception
+        // from error_received() meanwhile comes back once the transport is closed).
+        let flushed = Self::flush_out(slf);
         let (had_buffer, was_closing, old) = {
             let mut st = this.st.borrow_mut(py);
             if st.conn_lost > 0 {
-                return Ok(());
+                return flushed;
             }
             let old = std::mem::take(&mut st.buffer);
             // asyncio before 3.15 leaves the count of a dropped buffer (gh-146507 reset
@@ -205,7 +206,8 @@ impl DatagramTransport {
         if !was_closing {
             this.unwatch(py, Dir::Read)?;
         }
-        Self::schedule_connection_lost(slf, exc)
+        Self::schedule_connection_lost(slf, exc)?;
+        flushed
     }
 
     /// `protocol.connection_lost(exc)`, then the socket closed and the links released,
@@ -324,11 +326,12 @@ impl DatagramTransport {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
-        Self::flush_out(slf)?;
+        // As in force_close: sent first, closed whatever error_received() raised.
+        let sent = Self::flush_out(slf);
         let flushed = {
             let mut st = this.st.borrow_mut(py);
             if st.closing {
-                return Ok(());
+                return sent;
             }
             st.closing = true;
             let flushed = st.buffer.is_empty();
@@ -342,7 +345,7 @@ impl DatagramTransport {
             this.unwatch(py, Dir::Write)?;
             Self::schedule_connection_lost(slf, &py.None().into_bound(py))?;
         }
-        Ok(())
+        sent
     }
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {

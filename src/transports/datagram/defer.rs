@@ -1,8 +1,9 @@
 //! Sends deferred while the transport delivers a burst of datagrams: what the protocol's
 //! `datagram_received()` sends waits until the burst ends, then leaves with one
-//! sendmmsg(2) per 32 datagrams instead of a sendto(2) each (an echo server's replies to
-//! a burst of 32 cost one syscall, and the peers are woken once per burst rather than once
-//! per reply).
+//! sendmmsg(2) per 32 datagrams, consecutive ones of one size to one peer as one UDP GSO
+//! message (`syscalls/batch_send.rs`). The kernel's work per datagram sent (routing,
+//! building the packet and, over loopback, delivering it to the peer) is most of an echo
+//! server's CPU; a run of replies to one peer then pays for it about once.
 //!
 //! asyncio sends at once, so the deferral must not show: only immutable data (an exact
 //! `bytes`) to an address already in the kernel's form waits, behind nothing buffered;
@@ -11,7 +12,9 @@
 //! `set_protocol`, the `_sock` attribute). A send that fails is reported to
 //! `error_received()` when the burst ends instead of from inside `sendto()`, and the rest
 //! are still sent, as they were when `sendto()` returned; one that would block is buffered
-//! with those behind it, as asyncio buffers it.
+//! with those behind it, as asyncio buffers it. (A send through the `TransportSocket` of
+//! `get_extra_info('socket')`, whose send methods 3.10 and 3.11 still have, deprecated,
+//! is not seen: it may overtake the burst's replies.)
 
 use nix::errno::Errno;
 use pyo3::prelude::*;
@@ -125,6 +128,11 @@ impl DatagramTransport {
                 batch_send::send_batch(this.fd, msgs, gso)
             };
             match result {
+                Outcome::Sent(0) => {
+                    // Not seen from sendmmsg(2) without blocking; kept, not retried.
+                    Self::buffer_out(slf)?;
+                    break;
+                }
                 Outcome::Sent(n) => {
                     let sent: Vec<Outgoing> = {
                         let mut st = this.st.borrow_mut(py);
