@@ -195,6 +195,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--pipe-mib", type=int, default=64)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                    help="also run the ferroloop package in DIR, as ferroloop[NAME]")
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
@@ -207,8 +209,16 @@ def main() -> None:
         # reader) on another, as benchmarks/net.py places them.
         net.PIN = ({cpus[0]}, {cpus[1]}, set(cpus[1:]))
         os.sched_setaffinity(0, net.PIN[1])
+    requested = args.loops.split(",")
+    for spec in args.variant:
+        vname, sep, path = spec.partition("=")
+        if not sep or not vname or not Path(path, "ferroloop").is_dir():
+            ap.error(f"--variant {spec!r}: want NAME=DIR, DIR holding a ferroloop package")
+        kind = f"ferroloop[{vname}]"
+        micro.VARIANTS[kind] = str(Path(path).resolve())
+        requested.insert(1, kind)
     loops, missing = [], {}
-    for kind in args.loops.split(","):
+    for kind in requested:
         why = micro.loop_available(kind)
         if why is None:
             loops.append(kind)

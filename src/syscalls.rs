@@ -1,9 +1,10 @@
 //! The raw system calls under the socket calls (`sock_ops.rs`) and the transports: reads
 //! of sockets and pipes into new bytes objects or callers' buffers, sends and writes, and
-//! the datagram calls (recvfrom, recvmmsg, sendto); accept4 for servers (`accept.rs`);
-//! pidfds and reaping for child processes (`process.rs`).
+//! the datagram calls (recvfrom, recvmmsg, sendto; sendmmsg in `batch_send.rs`); accept4
+//! for servers (`accept.rs`); pidfds and reaping for child processes (`process.rs`).
 
 pub(crate) mod accept;
+pub(crate) mod batch_send;
 pub(crate) mod process;
 
 use std::cell::Cell;
@@ -265,7 +266,7 @@ impl SockAddr {
         unsafe { std::slice::from_raw_parts((&raw const self.storage).cast::<u8>(), len) }
     }
 
-    fn as_ptr(&self) -> *const libc::sockaddr {
+    pub(crate) fn as_ptr(&self) -> *const libc::sockaddr {
         (&raw const self.storage).cast()
     }
 }

@@ -247,6 +247,40 @@ def test_stats_count_udp_batched_reads(floop):
     assert udp["writes"] == udp["bytes_written"] == udp["open"] == 0
 
 
+
+def test_stats_count_udp_replies_sent_together(floop):
+    """FERROLOOP ONLY: replies to a burst leave together (sendmmsg(2), runs to one peer as
+    one GSO message), still one write per datagram sent."""
+    n = 40
+
+    async def main():
+        server, _ = await floop.create_datagram_endpoint(
+            DatagramEcho, local_addr=("127.0.0.1", 0)
+        )
+        addr = server.get_extra_info("sockname")
+        got = []
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            for i in range(n):
+                s.sendto(b"d" * (1 + i // 10), addr)
+            deadline = floop.time() + 5
+            while len(got) < n and floop.time() < deadline:
+                try:
+                    got.append(s.recv(100))
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
+        server.close()
+        await asyncio.sleep(0.01)
+        return got
+
+    got = floop.run_until_complete(main())
+    assert got == [b"d" * (1 + i // 10) for i in range(n)]
+    udp = floop.stats()["transports"]["udp"]
+    total = sum(1 + i // 10 for i in range(n))
+    assert udp["reads"] == udp["writes"] == n
+    assert udp["bytes_read"] == udp["bytes_written"] == total
+    assert udp["open"] == 0
+
 class PipeReader(asyncio.Protocol):
     def __init__(self):
         self.got = bytearray()

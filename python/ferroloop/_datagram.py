@@ -1,7 +1,10 @@
 """`DatagramTransport`: ferroloop's UDP and Unix datagram transport, an asyncio
 `DatagramTransport` whose work is done by the Rust `DatagramTransportCore` (asyncio's
 `_SelectorDatagramTransport` semantics). `sendto` is the core's own bound method, set on
-each instance, so a `transport.sendto()` call runs no Python code of ours.
+each instance, so a `transport.sendto()` call runs no Python code of ours. The replies
+`datagram_received()` sends during a burst of datagrams leave together when it ends
+(src/transports/datagram/defer.rs); only the timing of `error_received()` for a reply
+that fails (and of `pause_writing()` for one that would block) tells.
 
 Two behaviours differ from asyncio's on purpose (uvloop's test_udp found them;
 tests/test_upstream_decisions.py checks both):

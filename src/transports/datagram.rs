@@ -13,6 +13,7 @@
 //! asyncio.
 
 mod addr;
+mod defer;
 mod read;
 mod write;
 
@@ -33,6 +34,7 @@ use crate::loop_core::LoopCore;
 use crate::transports::base::{self, clone_opt, Links};
 use crate::transports::flow::WaterMarks;
 use addr::AddrCache;
+use defer::Outgoing;
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -58,6 +60,13 @@ struct DatagramState {
     /// Datagrams read but not yet delivered: the rest of a batch when the protocol
     /// paused reading (or failed) part-way through it.
     pending: VecDeque<(Py<PyAny>, Py<PyAny>)>,
+    /// Whether `sendto()` defers its sends (`defer.rs`): while a burst of datagrams is
+    /// delivered. And what it deferred, in order.
+    deferring: bool,
+    out: VecDeque<Outgoing>,
+    /// Whether consecutive deferred datagrams to one peer leave as one UDP GSO message
+    /// (`syscalls/batch_send.rs`); None until first asked.
+    gso: Option<bool>,
 }
 
 #[pyclass(
@@ -174,10 +183,13 @@ impl DatagramTransport {
     fn force_close(slf: &Bound<'_, Self>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // What sendto() deferred was sent as far as the caller can tell (an exception
+        // from error_received() meanwhile comes back once the transport is closed).
+        let flushed = Self::flush_out(slf);
         let (had_buffer, was_closing, old) = {
             let mut st = this.st.borrow_mut(py);
             if st.conn_lost > 0 {
-                return Ok(());
+                return flushed;
             }
             let old = std::mem::take(&mut st.buffer);
             // asyncio before 3.15 leaves the count of a dropped buffer (gh-146507 reset
@@ -194,7 +206,8 @@ impl DatagramTransport {
         if !was_closing {
             this.unwatch(py, Dir::Read)?;
         }
-        Self::schedule_connection_lost(slf, exc)
+        Self::schedule_connection_lost(slf, exc)?;
+        flushed
     }
 
     /// `protocol.connection_lost(exc)`, then the socket closed and the links released,
@@ -227,6 +240,7 @@ impl DatagramTransport {
                 st.links.release(),
                 st.addrs.take(),
                 std::mem::take(&mut st.pending),
+                std::mem::take(&mut st.out),
             )
         };
         drop(released);
@@ -276,6 +290,9 @@ impl DatagramTransport {
                 marks: WaterMarks::default(),
                 addrs: AddrCache::default(),
                 pending: VecDeque::new(),
+                deferring: false,
+                out: VecDeque::new(),
+                gso: None,
             }),
         })
     }
@@ -309,10 +326,12 @@ impl DatagramTransport {
     fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // As in force_close: sent first, closed whatever error_received() raised.
+        let sent = Self::flush_out(slf);
         let flushed = {
             let mut st = this.st.borrow_mut(py);
             if st.closing {
-                return Ok(());
+                return sent;
             }
             st.closing = true;
             let flushed = st.buffer.is_empty();
@@ -326,7 +345,7 @@ impl DatagramTransport {
             this.unwatch(py, Dir::Write)?;
             Self::schedule_connection_lost(slf, &py.None().into_bound(py))?;
         }
-        Ok(())
+        sent
     }
 
     fn abort(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -386,21 +405,26 @@ impl DatagramTransport {
         Ok(())
     }
 
-    fn set_protocol(&self, py: Python<'_>, protocol: &Bound<'_, PyAny>) {
+    fn set_protocol(slf: &Bound<'_, Self>, protocol: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        // A deferred send's error is the old protocol's.
+        Self::flush_out(slf)?;
         let old = {
-            let mut st = self.st.borrow_mut(py);
+            let mut st = slf.get().st.borrow_mut(py);
             st.protocol_connected = true;
             st.links.protocol.replace(protocol.clone().unbind())
         };
         drop(old);
+        Ok(())
     }
 
     fn get_protocol(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         self.protocol(py)
     }
 
-    fn get_write_buffer_size(&self, py: Python<'_>) -> usize {
-        self.st.borrow(py).buffer_size
+    fn get_write_buffer_size(slf: &Bound<'_, Self>) -> PyResult<usize> {
+        Self::flush_out(slf)?;
+        Ok(slf.get().st.borrow(slf.py()).buffer_size)
     }
 
     fn get_write_buffer_limits(&self, py: Python<'_>) -> (Py<PyAny>, Py<PyAny>) {
@@ -415,15 +439,18 @@ impl DatagramTransport {
     ) -> PyResult<()> {
         let py = slf.py();
         let marks = WaterMarks::parse(py, high, low)?;
+        Self::flush_out(slf)?;
         let old = std::mem::replace(&mut slf.get().st.borrow_mut(py).marks, marks);
         drop(old);
         Self::maybe_pause_protocol(slf)
     }
 
-    /// The socket, until the connection is lost.
+    /// The socket, until the connection is lost (what was deferred sent first: the
+    /// caller may send on it).
     #[getter]
-    fn _sock(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.sock(py)
+    fn _sock(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        Self::flush_out(slf)?;
+        Ok(slf.get().sock(slf.py()))
     }
 
     #[getter]
@@ -479,6 +506,9 @@ impl DatagramTransport {
             visit.call(data)?;
             visit.call(from)?;
         }
+        for o in &st.out {
+            o.traverse(&visit)?;
+        }
         Ok(())
     }
 
@@ -493,6 +523,7 @@ impl DatagramTransport {
                     st.address.take(),
                     std::mem::take(&mut st.buffer),
                     std::mem::take(&mut st.pending),
+                    std::mem::take(&mut st.out),
                 )
             };
             drop(taken);

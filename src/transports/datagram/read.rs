@@ -48,11 +48,28 @@ impl DatagramTransport {
 
     /// recvmmsg(2) pays for IP sockets: 64-byte echoes cost ~8% less server CPU than
     /// with a recvfrom(2) loop (benchmarks/net_dgram.py, 4 x 8 datagrams in flight).
-    fn batches(&self) -> bool {
+    pub(super) fn batches(&self) -> bool {
         self.native && matches!(self.family, libc::AF_INET | libc::AF_INET6)
     }
 
+    /// The socket is readable (or datagrams read earlier wait): a burst of deliveries,
+    /// whose sends leave together once it ends (`defer.rs`), whatever it came to.
     pub(super) fn read_ready(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let nested = slf.get().begin_burst(slf.py());
+        let read = Self::read_burst(slf);
+        let sent = Self::end_burst(slf, nested);
+        match (read, sent) {
+            (Err(err), Err(also)) => {
+                // The read's error is the handle's to report; the send's goes to
+                // sys.unraisablehook rather than nowhere.
+                also.write_unraisable(slf.py(), Some(slf.as_any()));
+                Err(err)
+            }
+            (read, sent) => read.and(sent),
+        }
+    }
+
+    fn read_burst(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
         let mut budget = if this.reads_natively() {

@@ -119,7 +119,11 @@ impl DatagramTransport {
 
     /// The kernel's form of a destination: cached, or converted and cached; None if the
     /// socket module has to convert it.
-    fn destination(&self, py: Python<'_>, to: &Bound<'_, PyAny>) -> Option<syscalls::SockAddr> {
+    pub(super) fn destination(
+        &self,
+        py: Python<'_>,
+        to: &Bound<'_, PyAny>,
+    ) -> Option<syscalls::SockAddr> {
         if let Some(sa) = self.st.borrow(py).addrs.lookup_to(to) {
             return Some(sa);
         }
@@ -254,6 +258,17 @@ impl DatagramTransport {
             if lost {
                 return this.drop_datagram(py, "send");
             }
+        }
+        let (empty, deferring) = {
+            let st = this.st.borrow(py);
+            (st.buffer.is_empty(), st.deferring)
+        };
+        if empty && deferring {
+            if Self::defer(slf, data, &to)? {
+                return Ok(());
+            }
+            // Not deferred: what was goes first.
+            Self::flush_out(slf)?;
         }
         if this.st.borrow(py).buffer.is_empty() {
             match this.send_one(py, data, &to)? {
