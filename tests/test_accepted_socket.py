@@ -11,7 +11,6 @@ import socket
 import warnings
 
 import pytest
-
 from helpers import LOCAL, run
 
 

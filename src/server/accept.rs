@@ -221,8 +221,8 @@ impl Listener {
         let py = lp.py();
         let name = pyo3::intern!(py, "_make_socket_transport");
         if let Ok(accepted) = conn.cast::<AcceptedSocket>() {
-            let ours = pyapi::cached_attr(py, &LOOP_TYPE, "ferroloop._loop", "Loop")?
-                .getattr(name)?;
+            let ours =
+                pyapi::cached_attr(py, &LOOP_TYPE, "ferroloop._loop", "Loop")?.getattr(name)?;
             if lp.get_type().getattr(name)?.is(&ours) {
                 if pyapi::version(py) >= (3, 12, 0) {
                     // asyncio 3.12+ refuses an fd that has a transport.

@@ -104,8 +104,7 @@ impl StreamTransport {
             None => {
                 let sock = this.sock_object(py)?;
                 let Some(sock) = sock else { return Ok(()) };
-                match sock.call_method1(pyo3::intern!(py, "recv_into"), (buf,))
-                {
+                match sock.call_method1(pyo3::intern!(py, "recv_into"), (buf,)) {
                     Ok(n) => n.extract::<usize>()?,
                     Err(err) => {
                         if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
