@@ -456,17 +456,10 @@ impl SubprocessCore {
                 .map(drop),
             None => Ok(()),
         };
-        // Released whatever connection_lost did, as asyncio's `finally:`. The Python
-        // transport too: it holds this core, and the cycle would leave both (and the
-        // Popen object in its extra) to the garbage collector, at every child.
+        // Released whatever connection_lost did, as asyncio's `finally:`.
         let released = {
             let mut st = self.st.borrow_mut(py);
-            (
-                st.loop_.take(),
-                st.proc.take(),
-                st.protocol.take(),
-                st.owner.take(),
-            )
+            (st.loop_.take(), st.proc.take(), st.protocol.take())
         };
         drop(released);
         result
