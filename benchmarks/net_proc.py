@@ -108,6 +108,9 @@ def main() -> None:
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--no-save", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                    help="also run another ferroloop build (benchmarks/variant.sh), shown "
+                    "as ferroloop[NAME]")  # fmt: skip
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.warmup, args.duration = 3, 0.25, 1.0
@@ -124,8 +127,16 @@ def main() -> None:
         if isinstance(built, str):
             sys.exit(f"cannot build the accept load generator: {built}")
         args.accept_cmd = built
+    requested = args.loops.split(",")
+    for spec in args.variant:
+        vname, sep, path = spec.partition("=")
+        if not sep or not vname or not Path(path, "ferroloop").is_dir():
+            ap.error(f"--variant {spec!r}: want NAME=DIR, DIR holding a ferroloop package")
+        kind = f"ferroloop[{vname}]"
+        micro.VARIANTS[kind] = str(Path(path).resolve())
+        requested.insert(1, kind)
     loops, missing = [], {}
-    for kind in args.loops.split(","):
+    for kind in requested:
         why = micro.loop_available(kind)
         if why is None:
             loops.append(kind)

@@ -46,6 +46,7 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+_AcceptedSocket = _core.AcceptedSocket
 _family = _socket.socket.family.__get__
 _type = _socket.socket.type.__get__
 _INET = (int(socket.AF_INET), int(socket.AF_INET6))
@@ -78,7 +79,12 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
     ) -> None:
         # Transport.__init__, not the mixin's: flow-control state lives in the core.
         transports.Transport.__init__(self, extra)
-        self._extra["socket"] = trsock.TransportSocket(sock)
+        # A connection accepted natively comes as an `_core.AcceptedSocket`: its socket
+        # object (and the TransportSocket around it) is made when first asked for, in
+        # get_extra_info(); it has TCP_NODELAY already.
+        lazy = type(sock) is _AcceptedSocket
+        if not lazy:
+            self._extra["socket"] = trsock.TransportSocket(sock)
         try:
             self._extra["sockname"] = sock.getsockname()
         except OSError:
@@ -105,7 +111,8 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
                 server._attach()
             self._server = server
         loop._transports[self._sock_fd] = self
-        _set_nodelay(sock)
+        if not lazy:
+            _set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self, context=context)
         loop.call_soon(core._start_reading, context=context)
         if waiter is not None:
@@ -116,9 +123,20 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
                 context=context,
             )
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        extra = self._extra
+        if name == "socket" and "socket" not in extra:
+            # An accepted connection's socket, made on first request (asyncio's
+            # TransportSocket over the socket object, closed once the connection is lost).
+            sock = self._core._socket_extra()
+            if sock is None:
+                return default
+            extra["socket"] = trsock.TransportSocket(sock)
+        return extra.get(name, default)
+
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
-        if self._sock is None:
+        if not self._core._has_sock:
             info.append("closed")
         elif self.is_closing():
             info.append("closing")
@@ -133,9 +151,9 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
 
     def __del__(self, _warn: Any = warnings.warn) -> None:
         core = self.__dict__.get("_core")
-        if core is not None and core._sock is not None:
+        if core is not None and core._has_sock:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            core._sock.close()
+            core._release_sock()
             self._connection_lost_done()
 
     def _connection_lost_done(self) -> None:

@@ -212,6 +212,19 @@ impl Fds {
         Ok((Some(old), old_fileobj))
     }
 
+    /// The fd is about to be closed by its owner (a transport closing its socket): a
+    /// parked registration is forgotten without a system call. Closing the fd takes it
+    /// out of epoll (or, if a `dup` keeps the file open, leaves it disabled, reporting
+    /// nothing), so the next file with this number is registered with one `ADD` rather
+    /// than a `MOD` that fails first. An fd that still has a watcher is left alone.
+    pub(crate) fn forget_parked(&mut self, fd: RawFd) -> Option<FdEntry> {
+        if !self.map.get(&fd).is_some_and(|e| e.parked) {
+            return None;
+        }
+        self.parked -= 1;
+        self.map.remove(&fd)
+    }
+
     /// Empties the registry; the caller drops what it returns once no borrow is held.
     pub(crate) fn take_all(&mut self) -> Vec<FdEntry> {
         self.parked = 0;

@@ -160,6 +160,13 @@ impl LoopCore {
         })
     }
 
+    /// `fd` is being closed by the transport that owns it: forget its parked
+    /// registration (see `Fds::forget_parked`).
+    pub(crate) fn forget_parked(&self, py: Python<'_>, fd: RawFd) {
+        let gone = self.st.borrow_mut(py).fds.forget_parked(fd);
+        drop(gone);
+    }
+
     /// A socket call finished reading: its reader goes, its one-shot registration stays
     /// parked for the next call (see `Fds`). Nothing if `owner` no longer reads `fd`.
     pub(crate) fn park_reader(

@@ -18,7 +18,8 @@ use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
 use crate::pyapi;
-use crate::syscalls::accept::{accept_socket, converted_family, socket_kind, Accepted};
+use crate::syscalls::accept::{accept4, converted_family, socket_kind, Accepted};
+use crate::transports::stream::{AcceptedSocket, RawSock};
 
 /// asyncio's `constants.ACCEPT_RETRY_DELAY`: how long to stop accepting when out of fds.
 const ACCEPT_RETRY_DELAY: f64 = 1.0;
@@ -26,6 +27,8 @@ const ACCEPT_RETRY_DELAY: f64 = 1.0;
 static SOCKET_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static TRANSPORT_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ACCEPT_TLS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SOCKET_TRANSPORT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOOP_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 struct ListenState {
     loop_: Option<Py<LoopCore>>,
@@ -71,6 +74,7 @@ impl Listener {
     ) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        let debug = lp.get().debug(py);
         let (ssl, server, context) = {
             let st = this.st.borrow(py);
             (
@@ -79,7 +83,16 @@ impl Listener {
                 st.context.as_ref().map(|c| c.clone_ref(py)),
             )
         };
-        if lp.get().debug(py) {
+        // The socket object is made now where it is shown or handed on: in debug mode's
+        // log line and to the TLS layer. Otherwise the transport makes it if asked.
+        let conn = match conn.cast::<AcceptedSocket>() {
+            Ok(a) if debug || ssl.is_some() => match a.get().take(py) {
+                Some(raw) => raw.into_socket(py)?,
+                None => return Ok(()),
+            },
+            _ => conn,
+        };
+        if debug {
             pyapi::asyncio_logger(py)?.call_method1(
                 "debug",
                 ("%r got a new connection from %r: %r", &server, &addr, &conn),
@@ -185,7 +198,55 @@ impl Listener {
                 Err(e) => Err(e),
             };
         }
-        accept_socket(py, self.fd, (self.family, self.sock_type, self.proto))
+        let (fd, addr) = match accept4(py, self.fd)? {
+            Ok((fd, Some(addr))) => (fd, addr),
+            Ok((_, None)) => return Ok(Err(Errno::EAFNOSUPPORT)),
+            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(Ok(None)),
+            Err(e) => return Ok(Err(e)),
+        };
+        let raw = RawSock::new(fd, (self.family, self.sock_type, self.proto));
+        let conn = Bound::new(py, AcceptedSocket::new(raw))?.into_any();
+        Ok(Ok(Some((conn, addr))))
+    }
+
+    /// The stream transport of an accepted connection: ferroloop's own, straight from
+    /// here, when the loop's `_make_socket_transport` is ferroloop's (what it would do);
+    /// else the loop's method, with the socket object, as asyncio calls it.
+    fn make_transport<'py>(
+        lp: &Bound<'py, LoopCore>,
+        conn: &Bound<'py, PyAny>,
+        protocol: &Bound<'py, PyAny>,
+        kwargs: &Bound<'py, PyDict>,
+    ) -> PyResult<()> {
+        let py = lp.py();
+        let name = pyo3::intern!(py, "_make_socket_transport");
+        if let Ok(accepted) = conn.cast::<AcceptedSocket>() {
+            let ours =
+                pyapi::cached_attr(py, &LOOP_TYPE, "ferroloop._loop", "Loop")?.getattr(name)?;
+            if lp.get_type().getattr(name)?.is(&ours) {
+                if pyapi::version(py) >= (3, 12, 0) {
+                    // asyncio 3.12+ refuses an fd that has a transport.
+                    let fd = pyo3::types::PyInt::new(py, accepted.get().fileno(py));
+                    LoopCore::ensure_fd_no_transport(lp, fd.as_any())?;
+                }
+                let cls = pyapi::cached_attr(
+                    py,
+                    &SOCKET_TRANSPORT,
+                    "ferroloop._transports",
+                    "SocketTransport",
+                )?;
+                let args = (lp, conn, protocol, py.None());
+                cls.call(args, Some(kwargs))?;
+                return Ok(());
+            }
+            let Some(sock) = accepted.get().take(py) else {
+                return Ok(());
+            };
+            lp.call_method(name, (sock.into_socket(py)?, protocol), Some(kwargs))?;
+            return Ok(());
+        }
+        lp.call_method(name, (conn, protocol), Some(kwargs))?;
+        Ok(())
     }
 
     /// Out of fds (or buffers): tell the exception handler, stop accepting for a while
@@ -355,12 +416,7 @@ impl Listener {
             if let Some(c) = context {
                 kwargs.set_item(pyo3::intern!(py, "context"), c)?;
             }
-            lp.call_method(
-                pyo3::intern!(py, "_make_socket_transport"),
-                (conn, &p),
-                Some(&kwargs),
-            )?;
-            Ok(())
+            Self::make_transport(lp, conn, &p, &kwargs)
         })();
         match made {
             Ok(()) => Ok(()),

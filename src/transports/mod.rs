@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::StreamTransport>()?;
+    m.add_class::<stream::AcceptedSocket>()?;
     m.add_class::<datagram::DatagramTransport>()?;
     tls::init_pymodule(m)?;
     pipe::init_pymodule(m)

@@ -6,7 +6,7 @@
 //! call into Rust. Reads and writes happen here; protocol callbacks are called from the
 //! loop's run step, through the handles of the fd registry.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{self, MsgFlags, Shutdown};
@@ -27,11 +27,14 @@ use crate::transports::tls::SslProtocol;
 mod close;
 mod coalesce;
 mod flow;
+mod lazy_sock;
 mod read;
 mod tls_read;
 mod write;
 
 use write::bytes_like;
+
+pub(crate) use lazy_sock::{AcceptedSocket, RawSock};
 
 /// asyncio's `_SelectorTransport.max_size`: the most one read asks for.
 const MAX_READ: usize = 256 * 1024;
@@ -44,7 +47,13 @@ const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 
 struct StreamState {
     loop_: Option<Py<LoopCore>>,
+    /// The socket object, once there is one (see `raw`).
     sock: Option<Py<PyAny>>,
+    /// An accepted connection's fd, until its socket object is asked for (lazy_sock.rs).
+    raw: Option<RawSock>,
+    /// The family, type and protocol of a connection that started without its socket
+    /// object (to make a closed one, asked for after the connection is lost).
+    lazy_kind: Option<(i32, i32, i32)>,
     /// The Python transport object that protocols see.
     owner: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
@@ -213,6 +222,46 @@ impl StreamTransport {
         self.st.borrow(py).closing
     }
 
+    /// The socket object, made from the fd first if the connection started without one.
+    pub(crate) fn sock_object<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let raw = {
+            let mut st = self.st.borrow_mut(py);
+            if let Some(s) = &st.sock {
+                return Ok(Some(s.bind(py).clone()));
+            }
+            st.raw.take()
+        };
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let sock = raw.into_socket(py)?;
+        self.st.borrow_mut(py).sock = Some(sock.clone().unbind());
+        Ok(Some(sock))
+    }
+
+    /// Closes the transport's socket: the object's `close()`, or the fd itself if no
+    /// object was made. Its parked registration is forgotten first (see
+    /// `Fds::forget_parked`), so the fd number's next file costs one `epoll_ctl`.
+    fn close_sock(
+        py: Python<'_>,
+        sock: Option<Py<PyAny>>,
+        raw: Option<RawSock>,
+        lp: Option<&Py<LoopCore>>,
+        fd: RawFd,
+    ) -> PyResult<()> {
+        if sock.is_none() && raw.is_none() {
+            return Ok(());
+        }
+        if let Some(lp) = lp {
+            lp.get().forget_parked(py, fd);
+        }
+        drop(raw);
+        if let Some(sock) = sock {
+            sock.bind(py).call_method0(pyo3::intern!(py, "close"))?;
+        }
+        Ok(())
+    }
+
     fn is_reading_now(&self, py: Python<'_>) -> bool {
         let st = self.st.borrow(py);
         !st.closing && !st.paused
@@ -233,13 +282,33 @@ impl StreamTransport {
         let lp = loop_
             .cast::<LoopCore>()
             .map_err(|_| PyTypeError::new_err("a ferroloop loop is required"))?;
-        let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+        let py = loop_.py();
+        let (fd, kind, sock, raw) = match sock.cast::<AcceptedSocket>() {
+            Ok(accepted) => {
+                let Some(raw) = accepted.get().take(py) else {
+                    return Err(PyRuntimeError::new_err("the accepted socket is taken"));
+                };
+                raw.set_nodelay()?;
+                let kind = if raw.family == nix::libc::AF_UNIX {
+                    TransportKind::Unix
+                } else {
+                    TransportKind::Tcp
+                };
+                (raw.fd.as_raw_fd(), kind, None, Some(raw))
+            }
+            Err(_) => {
+                let fd: RawFd = sock.call_method0("fileno")?.extract()?;
+                (fd, kind_of(fd), Some(sock.clone().unbind()), None)
+            }
+        };
         Ok(StreamTransport {
-            io: TransportIo::opened(&lp.get().stats, kind_of(fd)),
+            io: TransportIo::opened(&lp.get().stats, kind),
             fd,
             st: GilCell::new(StreamState {
                 loop_: Some(lp.clone().unbind()),
-                sock: Some(sock.clone().unbind()),
+                lazy_kind: raw.as_ref().map(RawSock::kind),
+                raw,
+                sock,
                 owner: Some(owner.clone().unbind()),
                 buffered: is_buffered_protocol(protocol)?,
                 tls: tls_of(protocol),
@@ -466,19 +535,18 @@ impl StreamTransport {
         };
         // Released whatever connection_lost did, as asyncio's `finally:`.
         this.io.closed();
-        let (sock, owner, waiter, _protocol, _loop) = {
+        let (sock, raw, owner, waiter, _protocol, _loop) = {
             let mut st = this.st.borrow_mut(py);
             (
                 st.sock.take(),
+                st.raw.take(),
                 st.owner.take(),
                 st.empty_waiter.take(),
                 (st.protocol.take(), st.tls.take()),
                 st.loop_.take(),
             )
         };
-        if let Some(sock) = sock {
-            sock.bind(py).call_method0("close")?;
-        }
+        Self::close_sock(py, sock, raw, _loop.as_ref(), this.fd)?;
         // The Python transport detaches from its server (that API varies by version).
         if let Some(owner) = owner {
             owner.bind(py).call_method0("_connection_lost_done")?;
@@ -601,13 +669,41 @@ impl StreamTransport {
     fn _sock(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
         let py = slf.py();
         Self::flush_deferred(slf)?;
-        Ok(slf
-            .get()
-            .st
-            .borrow(py)
-            .sock
-            .as_ref()
-            .map(|s| s.clone_ref(py)))
+        Ok(slf.get().sock_object(py)?.map(Bound::unbind))
+    }
+
+    /// Whether the transport still holds its socket (without making its object).
+    #[getter]
+    fn _has_sock(&self, py: Python<'_>) -> bool {
+        let st = self.st.borrow(py);
+        st.sock.is_some() || st.raw.is_some()
+    }
+
+    /// The socket object for `get_extra_info('socket')`: made now if the connection
+    /// started without one; a closed one if it is asked for after the connection was
+    /// lost (what asyncio's transport would hold then). None if neither applies.
+    fn _socket_extra(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        if let Some(s) = self.sock_object(py)? {
+            return Ok(Some(s.unbind()));
+        }
+        let kind = self.st.borrow(py).lazy_kind;
+        match kind {
+            Some(k) => Ok(Some(RawSock::closed_socket(py, k)?.unbind())),
+            None => Ok(None),
+        }
+    }
+
+    /// Closes the socket (a transport collected while open: its `__del__`).
+    fn _release_sock(&self, py: Python<'_>) -> PyResult<()> {
+        let (sock, raw, lp) = {
+            let mut st = self.st.borrow_mut(py);
+            (
+                st.sock.take(),
+                st.raw.take(),
+                st.loop_.as_ref().map(|l| l.clone_ref(py)),
+            )
+        };
+        Self::close_sock(py, sock, raw, lp.as_ref(), self.fd)
     }
 
     #[getter]

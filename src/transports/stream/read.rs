@@ -102,12 +102,9 @@ impl StreamTransport {
                 return Self::fatal_error(slf, os_error(e), "Fatal read error on socket transport")
             }
             None => {
-                let sock = this.st.borrow(py).sock.as_ref().map(|s| s.clone_ref(py));
+                let sock = this.sock_object(py)?;
                 let Some(sock) = sock else { return Ok(()) };
-                match sock
-                    .bind(py)
-                    .call_method1(pyo3::intern!(py, "recv_into"), (buf,))
-                {
+                match sock.call_method1(pyo3::intern!(py, "recv_into"), (buf,)) {
                     Ok(n) => n.extract::<usize>()?,
                     Err(err) => {
                         if err.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
