@@ -7,7 +7,9 @@ costs of a few percent (e.g. the loop statistics against a build without them).
 
 Each row runs `worker.py ferroloop ROW N` at two sizes under callgrind; the difference
 of the two instruction counts over the difference of the sizes is the row's count per
-operation (start-up, imports and the warm-up cancel out). Instruction counts are not
+operation (start-up, imports and the warm-up cancel out). The rows with threads
+(call_soon_threadsafe, run_in_executor) depend on how valgrind schedules them and vary
+by a few percent run to run; the others repeat. Instruction counts are not
 time: a cache miss costs more than an instruction, so a change that adds few
 instructions can still cost time. The hardware counters (`perf stat`) would give
 cycles, but this machine's VM exposes none.
@@ -33,7 +35,13 @@ COLLECTED = re.compile(r"Collected : (\d+)")
 def count(pythonpath: str, row: str, n: int) -> int:
     # Under valgrind every callback runs ~50x longer; the loop statistics would then time
     # each one (they sample one in 64 while callbacks take under 4 us): scale the bar.
-    env = dict(os.environ, PYTHONPATH=pythonpath, FERROLOOP_STATS_FULL_TIMING_NS="400000")
+    # A fixed hash seed: dict and set layouts, and so the counts, repeat run to run.
+    env = dict(
+        os.environ,
+        PYTHONPATH=pythonpath,
+        FERROLOOP_STATS_FULL_TIMING_NS="400000",
+        PYTHONHASHSEED="0",
+    )
     env.pop("PYTHONASYNCIODEBUG", None)
     out = subprocess.run(
         [
