@@ -435,14 +435,14 @@ def test_burst_context_values_live_until_the_callback_ran(loop):
 
 
 def test_burst_handle_kept_by_the_exception_handler_is_collected(loop):
-    kept = []
-    loop.set_exception_handler(lambda lp, context: kept.append(context["handle"]))
+    box: dict[str, list[Any]] = {"kept": []}
+    loop.set_exception_handler(lambda lp, context: box["kept"].append(context["handle"]))
     for _ in range(BURST):
         loop.call_soon(noop)
 
     class Owner:
         def fail(self):
-            self.handles = kept  # owner -> kept -> handle -> bound method -> owner
+            self.handles = box["kept"]  # owner -> list -> handle -> bound method -> owner
             raise ValueError("boom")
 
     owner = Owner()
@@ -450,8 +450,8 @@ def test_burst_handle_kept_by_the_exception_handler_is_collected(loop):
     loop.call_soon(owner.fail)
     del owner
     run_once(loop)
-    assert len(kept) == 1
-    del kept
+    assert len(box["kept"]) == 1
+    box.clear()
     gc.collect()
     assert ref() is None
 
