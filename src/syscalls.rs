@@ -5,6 +5,8 @@
 
 pub(crate) mod accept;
 pub(crate) mod process;
+#[cfg(feature = "uring")]
+pub(crate) mod uring;
 
 use std::cell::Cell;
 use std::os::fd::RawFd;

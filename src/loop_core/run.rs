@@ -86,12 +86,14 @@ impl LoopCore {
                     Handle::run(&handle)
                 };
                 this.set_in_callback(0);
-                // The callback's small writes go out now, one send per transport.
-                let flushed = if this.has_deferred_writes(py) {
-                    Self::flush_writes(slf)
-                } else {
-                    Ok(())
-                };
+                // The callback's small writes go out now, one send per transport (or, with
+                // io_uring, all of the step's together once its last callback returns).
+                let flushed =
+                    if this.has_deferred_writes(py) && (result.is_err() || !this.batches_sends()) {
+                        Self::flush_writes(slf)
+                    } else {
+                        Ok(())
+                    };
                 stats.callback_end();
                 if let Some(start) = timed {
                     stats.timed(&handle, start);
@@ -100,6 +102,10 @@ impl LoopCore {
                 flushed?;
             }
             Self::recycle(this, handle);
+        }
+        #[cfg(feature = "uring")]
+        if this.has_deferred_writes(py) {
+            Self::flush_writes(slf)?;
         }
         Ok(())
     }

@@ -29,6 +29,8 @@ mod coalesce;
 mod flow;
 mod read;
 mod tls_read;
+#[cfg(feature = "uring")]
+mod uring;
 mod write;
 
 use write::bytes_like;
