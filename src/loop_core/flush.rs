@@ -42,13 +42,14 @@ impl LoopCore {
     /// together in one io_uring submission (feature `uring`, where the kernel allows it).
     #[cfg(feature = "uring")]
     #[inline]
-    pub(super) fn batches_sends(&self) -> bool {
-        crate::syscalls::uring::available()
+    pub(super) fn batches_sends(&self, py: Python<'_>) -> bool {
+        let mut st = self.st.borrow_mut(py);
+        !st.closed && st.ring.available()
     }
 
     #[cfg(not(feature = "uring"))]
     #[inline]
-    pub(super) fn batches_sends(&self) -> bool {
+    pub(super) fn batches_sends(&self, _py: Python<'_>) -> bool {
         false
     }
 
@@ -75,9 +76,15 @@ impl LoopCore {
         };
         // Several at once: one io_uring submission for all of them.
         #[cfg(feature = "uring")]
-        if this.st.borrow(py).flush.len() > 1 && this.batches_sends() {
+        if this.st.borrow(py).flush.len() > 1 && this.batches_sends(py) {
             let batch: Vec<_> = this.st.borrow_mut(py).flush.drain(..).collect();
-            StreamTransport::flush_batch(py, batch, &mut report);
+            // No Python code runs while the ring is borrowed (flush_batch's send step).
+            StreamTransport::flush_batch(
+                py,
+                batch,
+                |bufs, out| this.st.borrow_mut(py).ring.send_all(bufs, out),
+                &mut report,
+            );
         }
         // One at a time, in the order they wrote (the queue keeps its allocation).
         loop {

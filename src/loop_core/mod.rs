@@ -65,6 +65,9 @@ pub(crate) struct State {
     sock_check_armed: bool,
     /// Stream transports with writes deferred until the running callback returns.
     flush: VecDeque<Py<StreamTransport>>,
+    /// The io_uring that sends the flush list in one submission (see flush.rs).
+    #[cfg(feature = "uring")]
+    ring: crate::syscalls::uring::Uring,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -141,6 +144,8 @@ impl LoopCore {
                 sock_waiters: 0,
                 sock_check_armed: false,
                 flush: VecDeque::new(),
+                #[cfg(feature = "uring")]
+                ring: Default::default(),
             }),
             clock_resolution: clock::resolution(),
             stats: Arc::new(LoopStats::new()),
@@ -403,6 +408,8 @@ impl LoopCore {
             )
         };
         drop(released);
+        #[cfg(feature = "uring")]
+        drop(std::mem::take(&mut self.st.borrow_mut(py).ring));
         for call in calls {
             call.get().loop_closed(py)?;
         }

@@ -88,12 +88,13 @@ impl LoopCore {
                 this.set_in_callback(0);
                 // The callback's small writes go out now, one send per transport (or, with
                 // io_uring, all of the step's together once its last callback returns).
-                let flushed =
-                    if this.has_deferred_writes(py) && (result.is_err() || !this.batches_sends()) {
-                        Self::flush_writes(slf)
-                    } else {
-                        Ok(())
-                    };
+                let flushed = if this.has_deferred_writes(py)
+                    && (result.is_err() || !this.batches_sends(py))
+                {
+                    Self::flush_writes(slf)
+                } else {
+                    Ok(())
+                };
                 stats.callback_end();
                 if let Some(start) = timed {
                     stats.timed(&handle, start);

@@ -2,12 +2,11 @@
 //! sockets submitted in one `io_uring_enter`, each completed before the call returns.
 //!
 //! The batch is synchronous, so the buffers are plain borrows: nothing is in flight
-//! between two calls, and one ring per thread serves every loop on it. Each send carries
+//! between two calls. Each loop owns its ring (closing the loop closes it). Each send carries
 //! MSG_DONTWAIT, which makes io_uring complete a send that would block with -EAGAIN
 //! instead of arming a poll (the request is flagged no-wait), and a partial send comes back
 //! as its count: the results are those send(2) would give, in one syscall for all.
 
-use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Once;
@@ -34,16 +33,18 @@ struct Ring {
     forks: u32,
 }
 
+/// A loop's ring, opened on its first batch and closed with the loop (or dropped).
+#[derive(Default)]
+pub(crate) struct Uring(Slot);
+
+#[derive(Default)]
 enum Slot {
+    #[default]
     Untried,
     /// No io_uring here (old kernel, `kernel.io_uring_disabled`, a seccomp sandbox) or it
     /// was turned off with FERROLOOP_URING=0: sends go through send(2).
     Unavailable,
     Ready(Box<Ring>),
-}
-
-thread_local! {
-    static RING: RefCell<Slot> = const { RefCell::new(Slot::Untried) };
 }
 
 fn open() -> Option<Ring> {
@@ -66,33 +67,33 @@ fn open() -> Option<Ring> {
     })
 }
 
-/// Whether batched sends are available on this thread (opening the ring on first use).
-pub(crate) fn available() -> bool {
-    RING.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if let Slot::Ready(r) = &*slot {
+impl Uring {
+    /// Whether batched sends are available (opening the ring on first use).
+    pub(crate) fn available(&mut self) -> bool {
+        if let Slot::Ready(r) = &self.0 {
             if r.forks == FORKS.load(Relaxed) {
                 return true;
             }
             // A fork's child: its copy of the parent's ring is dropped (its own mapping
             // and fd) and a fresh one made.
-            *slot = Slot::Untried;
+            self.0 = Slot::Untried;
         }
-        if let Slot::Untried = &*slot {
-            *slot = open().map_or(Slot::Unavailable, |r| Slot::Ready(Box::new(r)));
+        if let Slot::Untried = &self.0 {
+            self.0 = open().map_or(Slot::Unavailable, |r| Slot::Ready(Box::new(r)));
         }
-        matches!(&*slot, Slot::Ready(_))
-    })
-}
+        matches!(&self.0, Slot::Ready(_))
+    }
 
-/// Sends `bufs[i].1` on socket `bufs[i].0`, as `send(fd, buf, MSG_NOSIGNAL |
-/// MSG_DONTWAIT)` would, into `out[i]`, for the first n of them, n returned: all, or 0
-/// when io_uring is not available, or fewer if the ring failed. The caller sends the
-/// rest itself.
-pub(crate) fn send_all(bufs: &[(RawFd, &[u8])], out: &mut Vec<Result<usize, Errno>>) -> usize {
-    RING.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        let Slot::Ready(r) = &mut *slot else {
+    /// Sends `bufs[i].1` on socket `bufs[i].0`, as `send(fd, buf, MSG_NOSIGNAL |
+    /// MSG_DONTWAIT)` would, into `out[i]`, for the first n of them, n returned: all, or 0
+    /// when io_uring is not available, or fewer if the ring failed. The caller sends the
+    /// rest itself.
+    pub(crate) fn send_all(
+        &mut self,
+        bufs: &[(RawFd, &[u8])],
+        out: &mut Vec<Result<usize, Errno>>,
+    ) -> usize {
+        let Slot::Ready(r) = &mut self.0 else {
             return 0;
         };
         out.clear();
@@ -103,7 +104,7 @@ pub(crate) fn send_all(bufs: &[(RawFd, &[u8])], out: &mut Vec<Result<usize, Errn
                 // The kernel refused a submission before taking any of it (see below).
                 // The ring is leaked, not closed: its unconsumed entries are never read,
                 // as nothing enters it again.
-                if let Slot::Ready(r) = std::mem::replace(&mut *slot, Slot::Unavailable) {
+                if let Slot::Ready(r) = std::mem::replace(&mut self.0, Slot::Unavailable) {
                     std::mem::forget(r);
                 }
                 break;
@@ -111,7 +112,7 @@ pub(crate) fn send_all(bufs: &[(RawFd, &[u8])], out: &mut Vec<Result<usize, Errn
             done += part.len();
         }
         done
-    })
+    }
 }
 
 /// One submission of at most ENTRIES sends, with every completion reaped before it

@@ -1,5 +1,5 @@
 //! The deferred writes of a whole run step, sent in one io_uring submission (cargo
-//! feature `uring`, syscalls/uring.rs) instead of one send(2) per transport.
+//! feature `uring`, syscalls/uring.rs, through the loop's ring) instead of one send(2) per transport.
 //!
 //! Each transport's outcome is then taken as `send_now` takes its send's: the bytes sent
 //! are consumed, a remainder (partial send, EAGAIN) is watched for writing, an error goes
@@ -15,7 +15,6 @@ use pyo3::prelude::*;
 use super::StreamTransport;
 use crate::errors::os_error;
 use crate::loop_core::fds::Dir;
-use crate::syscalls::uring;
 
 impl StreamTransport {
     /// Sends what each of `batch` holds deferred; a failure is handed to `report` with its
@@ -23,6 +22,7 @@ impl StreamTransport {
     pub(crate) fn flush_batch(
         py: Python<'_>,
         batch: Vec<Py<StreamTransport>>,
+        send: impl FnOnce(&[(RawFd, &[u8])], &mut Vec<Result<usize, Errno>>) -> usize,
         report: &mut dyn FnMut(&Bound<'_, StreamTransport>, PyErr),
     ) {
         // The transports with something to send, no longer deferred (as send_now marks).
@@ -44,7 +44,7 @@ impl StreamTransport {
                 .zip(&states)
                 .map(|(t, st)| (t.get().fd, &st.wbuf[st.head..]))
                 .collect();
-            uring::send_all(&bufs, &mut results)
+            send(&bufs, &mut results)
         };
         for (t, r) in ts.iter().zip(&results).take(done) {
             if let Ok(n) = r {
