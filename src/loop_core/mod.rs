@@ -145,7 +145,7 @@ impl LoopCore {
                 sock_check_armed: false,
                 flush: VecDeque::new(),
                 #[cfg(feature = "uring")]
-                ring: Default::default(),
+                ring: crate::syscalls::uring::Uring::open(),
             }),
             clock_resolution: clock::resolution(),
             stats: Arc::new(LoopStats::new()),

@@ -33,7 +33,7 @@ struct Ring {
     forks: u32,
 }
 
-/// A loop's ring, opened on its first batch and closed with the loop (or dropped).
+/// A loop's ring, opened with the loop (like its epoll fd) and closed with it.
 #[derive(Default)]
 pub(crate) struct Uring(Slot);
 
@@ -68,7 +68,13 @@ fn open() -> Option<Ring> {
 }
 
 impl Uring {
-    /// Whether batched sends are available (opening the ring on first use).
+    pub(crate) fn open() -> Self {
+        let mut ring = Uring::default();
+        ring.available();
+        ring
+    }
+
+    /// Whether batched sends are available (opening the ring again in a forked child).
     pub(crate) fn available(&mut self) -> bool {
         if let Slot::Ready(r) = &self.0 {
             if r.forks == FORKS.load(Relaxed) {
