@@ -442,7 +442,9 @@ def test_failed_write_among_several_in_one_iteration(loop):
         bad_t, bad_p, bad_peer = await connected(loop)
         good = [await connected(loop) for _ in range(3)]
         bad_t.pause_reading()
-        bad_peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        bad_peer.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
         bad_peer.close()
         await asyncio.sleep(0.05)
         lost = bad_p.connection_lost
