@@ -6,6 +6,7 @@ ferroloop (issue 13)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from typing import Any
@@ -514,3 +515,42 @@ def test_partial_send_among_several_in_one_iteration(loop):
     buffered, ok0, got1, ok2 = run(loop, main())
     assert 0 < buffered < 60 * KiB
     assert ok0 and got1 == b"small" and ok2
+
+
+def test_would_block_send_among_several_in_one_iteration(loop):
+    """A deferred write to a socket whose buffer is already full (filled behind the
+    transport's back) would block: it is buffered and sent once the peer reads, as after
+    a direct send, and the loop does not wait for it meanwhile."""
+
+    async def main():
+        conns = []
+        for _ in range(2):
+            ours, peer = socket.socketpair()
+            transport, proto = await loop.connect_accepted_socket(Recorder, ours)
+            peer.settimeout(10)
+            conns.append((transport, proto, peer, ours))
+        filled = 0
+        try:
+            while True:
+                filled += os.write(conns[0][3].fileno(), b"f" * 4096)
+        except BlockingIOError:
+            pass
+
+        def write_all():
+            conns[0][0].write(b"late")
+            conns[1][0].write(b"prompt")
+
+        await in_callback(loop, write_all)
+        await asyncio.sleep(0)
+        buffered = conns[0][0].get_write_buffer_size()
+        prompt = await loop.run_in_executor(None, read_exactly, conns[1][2], 6)
+        got0 = await loop.run_in_executor(None, read_exactly, conns[0][2], filled + 4)
+        for t, p, peer, _ in conns:
+            t.close()
+            await p.closed
+            peer.close()
+        return buffered, prompt, got0[filled:]
+
+    buffered, prompt, late = run(loop, main())
+    assert buffered == 4
+    assert prompt == b"prompt" and late == b"late"
