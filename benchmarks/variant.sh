@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: benchmarks/variant.sh REV [PY] [nostats]   (PY defaults to 3.11)
+# Usage: benchmarks/variant.sh REV [PY] [nostats|uring]   (PY defaults to 3.11)
 # Builds ferroloop as of git revision REV (the current tree's history) for .venvs/PY and
 # prints the directory to give `benchmarks/run.py --variant NAME=DIR`, e.g. to compare the
 # working tree with the commit before a change, interleaved in one run:
@@ -7,13 +7,16 @@
 # `nostats` builds it without loop statistics (cargo's --no-default-features), the build
 # their cost is measured against:
 #   run.py --variant on=$(benchmarks/variant.sh HEAD 3.13) --variant off=$(benchmarks/variant.sh HEAD 3.13 nostats)
-# The build lives in target/variants/REV[-nostats] (source, python/ package and extension).
+# `uring` builds it with the io_uring send batching (cargo's --features uring, issue 13):
+#   net.py --variant epoll=$(benchmarks/variant.sh HEAD 3.13) --variant uring=$(benchmarks/variant.sh HEAD 3.13 uring)
+# The build lives in target/variants/REV[-FLAVOUR] (source, python/ package and extension).
 set -euo pipefail
 rev="$1"; ver="${2:-3.11}"; flavour="${3:-}"
 case "$flavour" in
     "") features=() ;;
     nostats) features=(--no-default-features) ;;
-    *) echo "unknown flavour $flavour (nostats)" >&2; exit 1 ;;
+    uring) features=(--features uring) ;;
+    *) echo "unknown flavour $flavour (nostats, uring)" >&2; exit 1 ;;
 esac
 root="$(cd "$(dirname "$0")/.." && pwd)"
 py="$root/.venvs/$ver/bin/python"

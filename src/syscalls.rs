@@ -6,6 +6,8 @@
 pub(crate) mod accept;
 pub(crate) mod batch_send;
 pub(crate) mod process;
+#[cfg(feature = "uring")]
+pub(crate) mod uring;
 
 use std::cell::Cell;
 use std::os::fd::RawFd;

@@ -6,6 +6,7 @@ ferroloop (issue 13)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 from typing import Any
@@ -398,3 +399,158 @@ def test_write_before_stop_is_sent(loop):
         loop.run_until_complete(proto.closed)
         peer.close()
     assert got == b"bye"
+
+
+# Several transports written in one loop iteration: the uring build sends them together
+# (one io_uring submission for the step); each must still behave as a direct send.
+
+
+def test_writes_to_several_transports_in_one_iteration(loop):
+    async def main():
+        conns = [await connected(loop) for _ in range(5)]
+        sizes = []
+
+        def write(i: int, j: int) -> None:
+            transport = conns[i][0]
+            sizes.append(transport.get_write_buffer_size())
+            transport.write(b"%d.%d," % (i, j))
+
+        for j in range(3):
+            for i in range(len(conns)):
+                loop.call_soon(write, i, j)
+        got = []
+        for i, (transport, proto, peer) in enumerate(conns):
+            want = b"".join(b"%d.%d," % (i, j) for j in range(3))
+            got.append(await loop.run_in_executor(None, read_exactly, peer, len(want)) == want)
+            transport.close()
+            await proto.closed
+            peer.close()
+        return got, sizes
+
+    got, sizes = run(loop, main())
+    assert all(got)
+    assert sizes == [0] * 15
+
+
+def test_failed_write_among_several_in_one_iteration(loop):
+    """One reset peer among healthy ones: its transport closes with the error, once; the
+    protocol's connection_lost writing to another transport of the same step gets its
+    bytes out after that transport's own."""
+    errors = Errors()
+    loop.set_exception_handler(errors)
+
+    async def main():
+        bad_t, bad_p, bad_peer = await connected(loop)
+        good = [await connected(loop) for _ in range(3)]
+        bad_t.pause_reading()
+        bad_peer.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+        )
+        bad_peer.close()
+        await asyncio.sleep(0.05)
+        lost = bad_p.connection_lost
+
+        def connection_lost(exc):
+            good[0][0].write(b"after")
+            lost(exc)
+
+        bad_p.connection_lost = connection_lost
+
+        def write_all():
+            bad_t.write(b"a" * 100)
+            for i, (t, _, _) in enumerate(good):
+                t.write(b"good%d" % i)
+
+        await in_callback(loop, write_all)
+        exc = await bad_p.closed
+        got = []
+        for i, (t, p, peer) in enumerate(good):
+            want = b"good%d" % i + (b"after" if i == 0 else b"")
+            got.append(await loop.run_in_executor(None, read_exactly, peer, len(want)))
+            t.close()
+            await p.closed
+            peer.close()
+        return exc, len(bad_p.lost), got
+
+    exc, nlost, got = run(loop, main())
+    assert isinstance(exc, (ConnectionResetError, BrokenPipeError))
+    assert nlost == 1
+    assert got == [b"good0after", b"good1", b"good2"]
+    assert errors.contexts == []
+
+
+def test_partial_send_among_several_in_one_iteration(loop):
+    """A deferred write the socket takes only part of: the rest is buffered and sent when
+    the socket drains, as after a direct send, while the other transports' go out."""
+
+    async def main():
+        conns = []
+        for _ in range(3):
+            # A Unix pair: its small send buffer bounds what one send takes.
+            ours, peer = socket.socketpair()
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * KiB)
+            transport, proto = await loop.connect_accepted_socket(Recorder, ours)
+            peer.setblocking(True)
+            peer.settimeout(10)
+            conns.append((transport, proto, peer))
+        big = bytes(range(256)) * 240  # 60 KiB: deferred, more than the socket takes
+
+        def write_all():
+            conns[0][0].write(big)
+            conns[1][0].write(b"small")
+            conns[2][0].write(big[:1000])
+
+        await in_callback(loop, write_all)
+        await asyncio.sleep(0)
+        buffered = conns[0][0].get_write_buffer_size()
+        got0 = await loop.run_in_executor(None, read_exactly, conns[0][2], len(big))
+        got1 = await loop.run_in_executor(None, read_exactly, conns[1][2], 5)
+        got2 = await loop.run_in_executor(None, read_exactly, conns[2][2], 1000)
+        for t, p, peer in conns:
+            t.close()
+            await p.closed
+            peer.close()
+        return buffered, got0 == big, got1, got2 == big[:1000]
+
+    buffered, ok0, got1, ok2 = run(loop, main())
+    assert 0 < buffered < 60 * KiB
+    assert ok0 and got1 == b"small" and ok2
+
+
+def test_would_block_send_among_several_in_one_iteration(loop):
+    """A deferred write to a socket whose buffer is already full (filled behind the
+    transport's back) would block: it is buffered and sent once the peer reads, as after
+    a direct send, and the loop does not wait for it meanwhile."""
+
+    async def main():
+        conns = []
+        for _ in range(2):
+            ours, peer = socket.socketpair()
+            transport, proto = await loop.connect_accepted_socket(Recorder, ours)
+            peer.settimeout(10)
+            conns.append((transport, proto, peer, ours))
+        filled = 0
+        try:
+            while True:
+                filled += os.write(conns[0][3].fileno(), b"f" * 4096)
+        except BlockingIOError:
+            pass
+
+        def write_all():
+            conns[0][0].write(b"late")
+            conns[1][0].write(b"prompt")
+
+        await in_callback(loop, write_all)
+        await asyncio.sleep(0)
+        buffered = conns[0][0].get_write_buffer_size()
+        prompt = await loop.run_in_executor(None, read_exactly, conns[1][2], 6)
+        got0 = await loop.run_in_executor(None, read_exactly, conns[0][2], filled + 4)
+        for t, p, peer, _ in conns:
+            t.close()
+            await p.closed
+            peer.close()
+        return buffered, prompt, got0[filled:]
+
+    buffered, prompt, late = run(loop, main())
+    assert buffered == 4
+    assert prompt == b"prompt" and late == b"late"

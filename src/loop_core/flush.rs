@@ -38,6 +38,21 @@ impl LoopCore {
         self.st.borrow_mut(py).flush.push_back(transport);
     }
 
+    /// Whether the callbacks' deferred writes wait for the end of the run step, to go out
+    /// together in one io_uring submission (feature `uring`, where the kernel allows it).
+    #[cfg(feature = "uring")]
+    #[inline]
+    pub(super) fn batches_sends(&self, py: Python<'_>) -> bool {
+        let mut st = self.st.borrow_mut(py);
+        !st.closed && st.ring.available()
+    }
+
+    #[cfg(not(feature = "uring"))]
+    #[inline]
+    pub(super) fn batches_sends(&self, _py: Python<'_>) -> bool {
+        false
+    }
+
     #[inline]
     pub(super) fn has_deferred_writes(&self, py: Python<'_>) -> bool {
         !self.st.borrow(py).flush.is_empty()
@@ -51,18 +66,33 @@ impl LoopCore {
         let py = slf.py();
         let this = slf.get();
         let mut first_err = None;
+        let mut report = |t: &Bound<'_, StreamTransport>, err: PyErr| {
+            if first_err.is_none() && errors::propagates(py, &err) {
+                first_err = Some(err);
+            } else {
+                // Nobody is left to raise it to (the callback has returned).
+                err.write_unraisable(py, Some(t.as_any()));
+            }
+        };
+        // Several at once: one io_uring submission for all of them.
+        #[cfg(feature = "uring")]
+        if this.st.borrow(py).flush.len() > 1 && this.batches_sends(py) {
+            let batch: Vec<_> = this.st.borrow_mut(py).flush.drain(..).collect();
+            // No Python code runs while the ring is borrowed (flush_batch's send step).
+            StreamTransport::flush_batch(
+                py,
+                batch,
+                |bufs, out| this.st.borrow_mut(py).ring.send_all(bufs, out),
+                &mut report,
+            );
+        }
         // One at a time, in the order they wrote (the queue keeps its allocation).
         loop {
             let Some(t) = this.st.borrow_mut(py).flush.pop_front() else {
                 break;
             };
             if let Err(err) = StreamTransport::flush_deferred(t.bind(py)) {
-                if first_err.is_none() && errors::propagates(py, &err) {
-                    first_err = Some(err);
-                } else {
-                    // Nobody is left to raise it to (the callback has returned).
-                    err.write_unraisable(py, Some(t.bind(py).as_any()));
-                }
+                report(t.bind(py), err);
             }
         }
         first_err.map_or(Ok(()), Err)

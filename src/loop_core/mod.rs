@@ -66,6 +66,9 @@ pub(crate) struct State {
     sock_check_armed: bool,
     /// Stream transports with writes deferred until the running callback returns.
     flush: VecDeque<Py<StreamTransport>>,
+    /// The io_uring that sends the flush list in one submission (see flush.rs).
+    #[cfg(feature = "uring")]
+    ring: crate::syscalls::uring::Uring,
 }
 
 /// The native core of the event loop; `ferroloop.Loop` subclasses it.
@@ -139,6 +142,8 @@ impl LoopCore {
                 sock_waiters: 0,
                 sock_check_armed: false,
                 flush: VecDeque::new(),
+                #[cfg(feature = "uring")]
+                ring: crate::syscalls::uring::Uring::open(),
             }),
             clock_resolution: clock::resolution(),
             stats: Arc::new(LoopStats::new()),
@@ -401,6 +406,8 @@ impl LoopCore {
             )
         };
         drop(released);
+        #[cfg(feature = "uring")]
+        drop(std::mem::take(&mut self.st.borrow_mut(py).ring));
         for call in calls {
             call.get().loop_closed(py)?;
         }

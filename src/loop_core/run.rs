@@ -87,8 +87,11 @@ impl LoopCore {
                 if untracked {
                     Handle::gc_track_if_held(&handle);
                 }
-                // The callback's small writes go out now, one send per transport.
-                let flushed = if this.has_deferred_writes(py) {
+                // The callback's small writes go out now, one send per transport (or, with
+                // io_uring, all of the step's together once its last callback returns).
+                let flushed = if this.has_deferred_writes(py)
+                    && (result.is_err() || !this.batches_sends(py))
+                {
                     Self::flush_writes(slf)
                 } else {
                     Ok(())
@@ -103,6 +106,10 @@ impl LoopCore {
                 Handle::gc_track_if_held(&handle);
             }
             Self::recycle(this, handle);
+        }
+        #[cfg(feature = "uring")]
+        if this.has_deferred_writes(py) {
+            Self::flush_writes(slf)?;
         }
         Ok(())
     }

@@ -30,6 +30,8 @@ mod flow;
 mod lazy_sock;
 mod read;
 mod tls_read;
+#[cfg(feature = "uring")]
+mod uring;
 mod write;
 
 use write::bytes_like;
