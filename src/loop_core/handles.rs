@@ -143,7 +143,7 @@ impl Handle {
     }
 
     /// Visits what the handle references: its own traverse, and the loop's for the
-    /// queued handles it keeps untracked (`LoopCore::schedule_soon`).
+    /// queued handles it keeps untracked (loop_core/gc.rs).
     pub(crate) fn traverse_state(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
         let Ok(s) = self.state.try_borrow_for_gc(visit) else {
             return Ok(());
@@ -161,7 +161,7 @@ impl Handle {
     }
 
     /// Untracks a handle being queued, and the context copy it made for itself
-    /// (`LoopCore::schedule_soon` says why).
+    /// (loop_core/gc.rs says why).
     pub(crate) fn gc_untrack_queued(slf: &Bound<'_, Handle>) {
         let py = slf.py();
         pyapi::gc_untrack(slf.as_any());
@@ -175,7 +175,7 @@ impl Handle {
     }
 
     /// Tracks the handle, and the context it made itself, by the GC again
-    /// (`LoopCore::schedule_soon` untracked them while queued).
+    /// (loop_core/gc.rs: untracked while they waited).
     pub(crate) fn gc_track(slf: &Bound<'_, Handle>) {
         let py = slf.py();
         if pyapi::gc_is_tracked(slf.as_any()) {

@@ -38,7 +38,7 @@ use timers::Timers;
 
 pub(crate) struct State {
     ready: VecDeque<Py<Handle>>,
-    /// Queued handles the GC does not track (`schedule_soon`), still in `ready`.
+    /// Queued handles the GC does not track (gc.rs), still in `ready`.
     untracked: usize,
     timers: Timers,
     fds: Fds,
