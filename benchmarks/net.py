@@ -636,6 +636,30 @@ def print_pyspy(raw: Path) -> None:
 # -- main --------------------------------------------------------------------------------
 
 
+def add_variants(ap: argparse.ArgumentParser, requested: list[str], specs: list[str]) -> None:
+    """`--variant NAME=DIR` (repeatable): another ferroloop build, its `python/` directory,
+    run as `ferroloop[NAME]` right after the first loop of `requested`."""
+    for spec in specs:
+        vname, sep, path = spec.partition("=")
+        if not sep or not vname or not Path(path, "ferroloop").is_dir():
+            ap.error(f"--variant {spec!r}: want NAME=DIR, DIR holding a ferroloop package")
+        kind = f"ferroloop[{vname}]"
+        micro.VARIANTS[kind] = str(Path(path).resolve())
+        requested.insert(1, kind)
+
+
+def available_loops(requested: list[str]) -> tuple[list[str], dict[str, str]]:
+    """The loops of `requested` that can run here, and why each other one cannot."""
+    loops, missing = [], {}
+    for kind in requested:
+        why = micro.loop_available(kind)
+        if why is None:
+            loops.append(kind)
+        else:
+            missing[kind] = why
+    return loops, missing
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -723,22 +747,10 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(SIZES)
 
     requested = args.loops.split(",") if args.loops else list(ALL_LOOPS)
-    for spec in args.variant:
-        vname, sep, path = spec.partition("=")
-        if not sep or not vname or not Path(path, "ferroloop").is_dir():
-            ap.error(f"--variant {spec!r}: want NAME=DIR, DIR holding a ferroloop package")
-        kind = f"ferroloop[{vname}]"
-        micro.VARIANTS[kind] = str(Path(path).resolve())
-        requested.insert(1, kind)
+    add_variants(ap, requested, args.variant)
     if "ferroloop" not in requested:
         ap.error("ferroloop must be among --loops: every ratio is relative to it")
-    loops, missing = [], {}
-    for kind in requested:
-        why = micro.loop_available(kind)
-        if why is None:
-            loops.append(kind)
-        else:
-            missing[kind] = why
+    loops, missing = available_loops(requested)
     if "ferroloop" not in loops:
         sys.exit(f"ferroloop is not usable: {missing['ferroloop']} (run `make dev` first)")
     for kind, why in missing.items():

@@ -210,20 +210,8 @@ def main() -> None:
         net.PIN = ({cpus[0]}, {cpus[1]}, set(cpus[1:]))
         os.sched_setaffinity(0, net.PIN[1])
     requested = args.loops.split(",")
-    for spec in args.variant:
-        vname, sep, path = spec.partition("=")
-        if not sep or not vname or not Path(path, "ferroloop").is_dir():
-            ap.error(f"--variant {spec!r}: want NAME=DIR, DIR holding a ferroloop package")
-        kind = f"ferroloop[{vname}]"
-        micro.VARIANTS[kind] = str(Path(path).resolve())
-        requested.insert(1, kind)
-    loops, missing = [], {}
-    for kind in requested:
-        why = micro.loop_available(kind)
-        if why is None:
-            loops.append(kind)
-        else:
-            missing[kind] = why
+    net.add_variants(ap, requested, args.variant)
+    loops, missing = net.available_loops(requested)
     if "ferroloop" not in loops:
         sys.exit(f"ferroloop is not usable: {missing.get('ferroloop')}")
     if "udp" in only:
