@@ -60,14 +60,17 @@ pub fn gc_untrack(obj: &Bound<'_, PyAny>) {
     unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
 }
 
-/// Tracks `obj` again (an instance of a GC type) if `gc_untrack` stopped it.
+/// Tracks `obj` again (an instance of a GC type) if `gc_untrack` stopped it; returns
+/// whether it did.
 #[inline]
-pub fn gc_track(obj: &Bound<'_, PyAny>) {
-    if !gc_is_tracked(obj) {
-        // SAFETY: `obj` is live, of a GC type (the only objects we untrack), the GIL is
-        // held, and it is not tracked (tracking a tracked object is a fatal error).
-        unsafe { ffi::PyObject_GC_Track(obj.as_ptr().cast()) }
+pub fn gc_track(obj: &Bound<'_, PyAny>) -> bool {
+    if gc_is_tracked(obj) {
+        return false;
     }
+    // SAFETY: `obj` is live, of a GC type (the only objects we untrack), the GIL is held,
+    // and it is not tracked (tracking a tracked object is a fatal error).
+    unsafe { ffi::PyObject_GC_Track(obj.as_ptr().cast()) };
+    true
 }
 
 /// For a traverse (which holds no `Python` token): whether `obj` is untracked and

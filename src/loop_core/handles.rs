@@ -177,13 +177,8 @@ impl Handle {
     /// Tracks the handle, and the context it made itself, by the GC again
     /// (loop_core/gc.rs: untracked while they waited).
     pub(crate) fn gc_track(slf: &Bound<'_, Handle>) {
-        let py = slf.py();
-        if pyapi::gc_is_tracked(slf.as_any()) {
-            return;
-        }
-        pyapi::gc_track(slf.as_any());
-        if let Some(ctx) = &slf.get().state.borrow(py).context {
-            pyapi::gc_track(ctx.bind(py));
+        if pyapi::gc_track(slf.as_any()) {
+            Self::gc_track_context(slf);
         }
     }
 
