@@ -384,9 +384,14 @@ def test_object_handle_cycles_are_collected(loop):
 BURST = 2000
 
 
-def test_burst_handle_held_in_cycle_lives_until_it_ran(loop):
+def queue_burst(loop: asyncio.AbstractEventLoop) -> None:
+    """Queues BURST no-op callbacks, so that the next ones wait behind them."""
     for _ in range(BURST):
         loop.call_soon(noop)
+
+
+def test_burst_handle_held_in_cycle_lives_until_it_ran(loop):
+    queue_burst(loop)
     fired = []
 
     class Owner:
@@ -415,8 +420,7 @@ def test_burst_context_values_live_until_the_callback_ran(loop):
         pass
 
     seen = []
-    for _ in range(BURST):
-        loop.call_soon(noop)
+    queue_burst(loop)
 
     def schedule():
         value = Value()
@@ -437,8 +441,7 @@ def test_burst_context_values_live_until_the_callback_ran(loop):
 def test_burst_handle_kept_by_the_exception_handler_is_collected(loop):
     box: dict[str, list[Any]] = {"kept": []}
     loop.set_exception_handler(lambda lp, context: box["kept"].append(context["handle"]))
-    for _ in range(BURST):
-        loop.call_soon(noop)
+    queue_burst(loop)
 
     class Owner:
         def fail(self):
@@ -463,8 +466,7 @@ def test_burst_context_kept_by_a_token_is_collected(loop):
         pass
 
     refs = []
-    for _ in range(BURST):
-        loop.call_soon(noop)
+    queue_burst(loop)
 
     def cb():
         value = Value()
