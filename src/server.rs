@@ -35,7 +35,7 @@ struct Clients {
 impl Clients {
     /// How many are served: the live transports of the set (3.13+), or the count.
     fn len(&mut self, py: Python<'_>) -> usize {
-        if py.version_info() < (3, 13) {
+        if pyapi::version(py) < (3, 13, 0) {
             return self.count;
         }
         // A transport collected without detaching is gone, as from asyncio's WeakSet.
@@ -97,13 +97,55 @@ impl ServerCore {
             let w = w.bind(py);
             if !w.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
                 // asyncio up to 3.11 gives each waiter itself as its result.
-                if py.version_info() < (3, 12) {
+                if pyapi::version(py) < (3, 12, 0) {
                     w.call_method1(pyo3::intern!(py, "set_result"), (w,))?;
                 } else {
                     w.call_method1(pyo3::intern!(py, "set_result"), (py.None(),))?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// `server._attach(transport)` as a transport of `transport`'s calls it: natively for
+    /// ferroloop's servers; the argument only from 3.13 on, as asyncio's `Server` takes it.
+    pub(crate) fn attach_transport(
+        server: &Bound<'_, PyAny>,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let py = server.py();
+        let takes = pyapi::version(py) >= (3, 13, 0);
+        if let Ok(s) = server.cast::<ServerCore>() {
+            return s.get()._attach(py, takes.then_some(transport));
+        }
+        let name = pyo3::intern!(py, "_attach");
+        if takes {
+            server.call_method1(name, (transport,))?;
+        } else {
+            server.call_method0(name)?;
+        }
+        Ok(())
+    }
+
+    /// `server._detach(transport)`, the same way (`transport` None: collected already,
+    /// so gone from a 3.13+ server's weak set).
+    pub(crate) fn detach_transport(
+        server: &Bound<'_, PyAny>,
+        transport: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = server.py();
+        let takes = pyapi::version(py) >= (3, 13, 0);
+        if takes && transport.is_none() {
+            return Ok(());
+        }
+        if let Ok(s) = server.cast::<ServerCore>() {
+            return s.get()._detach(py, transport.filter(|_| takes));
+        }
+        let name = pyo3::intern!(py, "_detach");
+        match transport {
+            Some(t) if takes => server.call_method1(name, (t,))?,
+            _ => server.call_method0(name)?,
+        };
         Ok(())
     }
 
@@ -137,7 +179,7 @@ impl ServerCore {
             .map(|s| s.map(Bound::unbind))
             .collect::<PyResult<Vec<_>>>()?;
         // gh-140947 (3.15): the Server captures the context its connections run in.
-        let context = if py.version_info() >= (3, 15) {
+        let context = if pyapi::version(py) >= (3, 15, 0) {
             Some(pyapi::copy_context(py)?.unbind())
         } else {
             None
@@ -174,7 +216,7 @@ impl ServerCore {
             return Err(PyAssertionError::new_err(()));
         }
         match transport {
-            Some(t) if py.version_info() >= (3, 13) => {
+            Some(t) if pyapi::version(py) >= (3, 13, 0) => {
                 let r = PyWeakrefReference::new(t)?.unbind();
                 st.clients.set.insert(t.as_ptr() as usize, r);
             }
@@ -189,7 +231,7 @@ impl ServerCore {
         let wake = {
             let mut st = self.st.borrow_mut(py);
             match transport {
-                Some(t) if py.version_info() >= (3, 13) => {
+                Some(t) if pyapi::version(py) >= (3, 13, 0) => {
                     let gone = st.clients.set.remove(&(t.as_ptr() as usize));
                     drop(gone);
                 }
@@ -260,7 +302,7 @@ impl ServerCore {
                 hs_timeout.bind(py).clone(),
             ];
             // asyncio 3.10's _start_serving has no ssl_shutdown_timeout.
-            if py.version_info() >= (3, 11) {
+            if pyapi::version(py) >= (3, 11, 0) {
                 call.push(sd_timeout.bind(py).clone());
             }
             let kwargs = PyDict::new(py);
@@ -361,7 +403,7 @@ impl ServerCore {
         let (lp, returns) = {
             let st = self.st.borrow(py);
             let returns =
-                st.waiters.is_none() || (py.version_info() < (3, 12) && st.sockets.is_none());
+                st.waiters.is_none() || (pyapi::version(py) < (3, 12, 0) && st.sockets.is_none());
             (st.loop_.as_ref().map(|l| l.clone_ref(py)), returns)
         };
         let Some(lp) = lp.filter(|_| !returns) else {

@@ -25,7 +25,8 @@ _SEEK_ALWAYS = sys.version_info >= (3, 14)
 class ConnectionMethods:
     """`create_unix_connection` and the native paths of `sock_sendfile`/`sendfile`."""
 
-    _transports: Any
+    _transport_add: Any
+    _transport_remove: Any
 
     if sys.version_info >= (3, 11):
 
@@ -210,7 +211,7 @@ class ConnectionMethods:
     async def _sendfile_native(self, transp: Any, file: Any, offset: int, count: Any) -> int:
         # The transport steps aside while the socket is written directly: reading paused,
         # its buffer drained first, and it is not the fd's transport meanwhile.
-        del self._transports[transp._sock_fd]
+        self._transport_remove(transp._sock_fd)
         resume_reading = transp.is_reading()
         transp.pause_reading()
         await transp._make_empty_waiter()
@@ -222,7 +223,7 @@ class ConnectionMethods:
             transp._reset_empty_waiter()
             if resume_reading:
                 transp.resume_reading()
-            self._transports[transp._sock_fd] = transp
+            self._transport_add(transp._sock_fd, transp)
 
 
 def _check_plain(server_hostname: Any, ssl_handshake_timeout: Any) -> None:

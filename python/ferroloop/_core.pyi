@@ -101,6 +101,12 @@ class LoopCore:
     def remove_writer(self, fd: FileDescriptorLike) -> bool: ...
     def _ensure_fd_no_transport(self, fd: FileDescriptorLike) -> None:
         """Refuses an fd a transport uses (ValueError), as asyncio's selector loop."""
+    def _transport_add(self, fd: int, transport: Any) -> None:
+        """`fd` is `transport`'s (held weakly) until it releases its socket."""
+    def _transport_remove(self, fd: int) -> None: ...
+    @property
+    def _transports(self) -> dict[int, Any]:
+        """The open transports by fd, a snapshot (asyncio's `loop._transports`)."""
     def _add_reader(
         self,
         fd: FileDescriptorLike,
@@ -236,6 +242,14 @@ class SockCall(Coroutine[Any, Any, _R]):
     def cr_code(self) -> None: ...
 
 @final
+class CoreMethod:
+    """A transport class's attribute giving an instance its core's method `name`."""
+
+    def __new__(cls, name: str) -> CoreMethod: ...
+    def __get__(self, obj: Any, owner: Any = None) -> Any: ...
+    def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+@final
 class AcceptedSocket:
     """A connection a server accepted natively: its fd, until a transport takes it or its
     `socket.socket` is made (`_socket()`)."""
@@ -282,6 +296,19 @@ class StreamTransportCore:
     def _reset_empty_waiter(self) -> None: ...
     def _socket_extra(self) -> Any: ...
     def _release_sock(self) -> None: ...
+    @staticmethod
+    def _open(
+        owner: Any,
+        loop_: LoopCore,
+        sock: Any,
+        protocol: Any,
+        waiter: Any = None,
+        server: Any = None,
+        context: contextvars.Context | None = None,
+    ) -> None:
+        """Starts the `SocketTransport` `owner` on `sock` (its `__init__`)."""
+    @property
+    def _server(self) -> Any: ...
     @property
     def _sock(self) -> Any: ...
     @property

@@ -81,7 +81,7 @@ class DatagramTransport(transports._FlowControlMixin, transports.DatagramTranspo
         self._core = core
         for name in _DIRECT:
             setattr(self, name, getattr(core, name))
-        loop._transports[self._sock_fd] = self
+        loop._transport_add(self._sock_fd, self)
         loop.call_soon(protocol.connection_made, self, context=context)
         # only start reading when connection_made() has been called
         loop.call_soon(core._start_reading, context=context)

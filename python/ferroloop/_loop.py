@@ -134,7 +134,6 @@ class Loop(  # type: ignore[misc]
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth = None
         self.slow_callback_duration = 0.1
-        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self._selector_view = _SelectorView(self)
         # Read by asyncio's Unix-server code (3.13+: unlinks socket paths on close).
         self._unix_server_sockets: dict[Any, int] = {}

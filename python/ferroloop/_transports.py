@@ -1,30 +1,19 @@
 """`SocketTransport`: ferroloop's TCP/Unix stream transport, an `asyncio.Transport` whose
 work is done by the Rust `StreamTransportCore` (asyncio's `_SelectorSocketTransport`
-semantics). The hot methods are the core's own bound methods, set on each instance, so a
-`transport.write()` call runs no Python code of ours.
+semantics). The hot methods are the core's own bound methods (`_core.CoreMethod`, bound on
+an instance's first use), so a `transport.write()` call runs no Python code of ours.
 """
 
 from __future__ import annotations
 
 import _socket
 import socket
-import sys
 import warnings
-from asyncio import constants, futures, transports, trsock
+from asyncio import constants, transports, trsock
 from typing import Any
 
 from . import _core
 
-# Bound per instance, straight to the Rust core.
-_DIRECT = (
-    "write",
-    "writelines",
-    "is_closing",
-    "is_reading",
-    "pause_reading",
-    "resume_reading",
-    "get_write_buffer_size",
-)
 
 def _set_nodelay(sock: socket.socket) -> None:
     """Disable Nagle's algorithm on a TCP stream socket, as asyncio and uvloop do.
@@ -46,14 +35,10 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-_AcceptedSocket = _core.AcceptedSocket
+_open = _core.StreamTransportCore._open
 _family = _socket.socket.family.__get__
 _type = _socket.socket.type.__get__
 _INET = (int(socket.AF_INET), int(socket.AF_INET6))
-
-
-# Server._attach/_detach take the transport from 3.13 on.
-_SERVER_TAKES_TRANSPORT = sys.version_info >= (3, 13)
 
 
 class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-defined,misc]
@@ -77,51 +62,12 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
         server: Any = None,
         context: Any = None,
     ) -> None:
-        # Transport.__init__, not the mixin's: flow-control state lives in the core.
-        transports.Transport.__init__(self, extra)
-        # A connection accepted natively comes as an `_core.AcceptedSocket`: its socket
-        # object (and the TransportSocket around it) is made when first asked for, in
-        # get_extra_info(); it has TCP_NODELAY already.
-        lazy = type(sock) is _AcceptedSocket
-        if not lazy:
-            self._extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            self._extra["sockname"] = sock.getsockname()
-        except OSError:
-            self._extra["sockname"] = None
-        if "peername" not in self._extra:
-            try:
-                self._extra["peername"] = sock.getpeername()
-            except OSError:
-                self._extra["peername"] = None
-        self._sock_fd = sock.fileno()
-        # 3.15+ passes the context protocol callbacks run in (None before: each callback
-        # runs in a copy of the context current when it was scheduled).
-        core = _core.StreamTransportCore(loop, sock, protocol, self, context)
-        self._core = core
-        for name in _DIRECT:
-            setattr(self, name, getattr(core, name))
-        # Set once attached: _attach() asserts that the server is still open, and a
-        # transport whose __init__ failed there must not detach in __del__.
-        self._server = None
-        if server is not None:
-            if _SERVER_TAKES_TRANSPORT:
-                server._attach(self)
-            else:
-                server._attach()
-            self._server = server
-        loop._transports[self._sock_fd] = self
-        if not lazy:
-            _set_nodelay(sock)
-        loop.call_soon(protocol.connection_made, self, context=context)
-        loop.call_soon(core._start_reading, context=context)
-        if waiter is not None:
-            loop.call_soon(
-                futures._set_result_unless_cancelled,  # type: ignore[attr-defined]
-                waiter,
-                None,
-                context=context,
-            )
+        # Transport.__init__'s one line (BaseTransport's slot), then the rest of asyncio's
+        # _SelectorSocketTransport.__init__ in Rust (src/transports/stream/setup.rs): the
+        # extra info, the core, the server's attach, the fd's registration, the
+        # callbacks scheduled.
+        self._extra = {} if extra is None else extra
+        _open(self, loop, sock, protocol, waiter, server, context)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         extra = self._extra
@@ -154,15 +100,11 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
         if core is not None and core._has_sock:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             core._release_sock()
-            self._connection_lost_done()
 
-    def _connection_lost_done(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            if _SERVER_TAKES_TRANSPORT:
-                server._detach(self)
-            else:
-                server._detach()
+    @property
+    def _server(self) -> Any:
+        core = self.__dict__.get("_core")
+        return None if core is None else core._server
 
     @property
     def _sock(self) -> socket.socket | None:
@@ -196,14 +138,10 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
     def _protocol_paused(self) -> bool:
         return self._core._protocol_paused  # type: ignore[no-any-return]
 
-    # The rest of the Transport API, for the class and unbound calls; instances have the
-    # hot ones bound straight to the core (see _DIRECT).
-    def write(self, data: Any) -> None:
-        self._core.write(data)
-
-    def writelines(self, list_of_data: Any) -> None:
-        self._core.writelines(list_of_data)
-
+    # The Transport API. The hot methods are the core's own, bound on first use
+    # (`CoreMethod`), so that a call runs no Python code of ours.
+    write = _core.CoreMethod("write")
+    writelines = _core.CoreMethod("writelines")
     def write_eof(self) -> None:
         self._core.write_eof()
 
@@ -216,27 +154,17 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
     def abort(self) -> None:
         self._core.abort()
 
-    def is_closing(self) -> bool:
-        return self._core.is_closing()  # type: ignore[no-any-return]
-
-    def is_reading(self) -> bool:
-        return self._core.is_reading()  # type: ignore[no-any-return]
-
-    def pause_reading(self) -> None:
-        self._core.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._core.resume_reading()
-
+    is_closing = _core.CoreMethod("is_closing")
+    is_reading = _core.CoreMethod("is_reading")
+    pause_reading = _core.CoreMethod("pause_reading")
+    resume_reading = _core.CoreMethod("resume_reading")
     def set_protocol(self, protocol: Any) -> None:
         self._core.set_protocol(protocol)
 
     def get_protocol(self) -> Any:
         return self._core.get_protocol()
 
-    def get_write_buffer_size(self) -> int:
-        return self._core.get_write_buffer_size()  # type: ignore[no-any-return]
-
+    get_write_buffer_size = _core.CoreMethod("get_write_buffer_size")
     def get_write_buffer_limits(self) -> tuple[Any, Any]:
         return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
 

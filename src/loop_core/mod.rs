@@ -6,6 +6,7 @@ pub(crate) mod fds;
 mod flush;
 mod gc;
 pub(crate) mod handles;
+mod registry;
 mod run;
 mod schedule;
 pub(crate) mod stats;
@@ -42,6 +43,8 @@ pub(crate) struct State {
     untracked: usize,
     timers: Timers,
     fds: Fds,
+    /// The fds transports own (`loop._transports`).
+    transports: registry::Transports,
     poller: Option<Arc<Poller>>,
     events: Vec<nix::sys::epoll::EpollEvent>,
     closed: bool,
@@ -127,6 +130,7 @@ impl LoopCore {
                 untracked: 0,
                 timers: Timers::default(),
                 fds: Fds::default(),
+                transports: registry::Transports::default(),
                 poller: Some(Arc::new(poller)),
                 events: vec![nix::sys::epoll::EpollEvent::empty(); 256],
                 closed: false,
@@ -452,6 +456,27 @@ impl LoopCore {
 
     fn _ensure_fd_no_transport(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<()> {
         Self::ensure_fd_no_transport(slf, fd)
+    }
+
+    /// `fd` is `transport`'s until it releases it (asyncio's `_transports[fd] = t`).
+    fn _transport_add(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.transport_add(py, fd, transport)
+    }
+
+    /// `fd` is no transport's (asyncio's `del _transports[fd]`).
+    fn _transport_remove(&self, py: Python<'_>, fd: RawFd) {
+        self.transport_remove(py, fd, None);
+    }
+
+    /// The open transports by fd, a snapshot (asyncio's `_transports` mapping).
+    #[getter]
+    fn _transports<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.transports_dict(py)
     }
 
     /// Watches `fd` (asyncio's `_add_reader`: no transport check; returns the handle).

@@ -306,8 +306,7 @@ impl LoopCore {
     }
 
     /// asyncio's `_ensure_fd_no_transport`: a RuntimeError for an fd that a transport
-    /// still uses (`loop._transports`, a WeakValueDictionary: its dict is looked at
-    /// first, so an fd without a transport costs no Python call).
+    /// still uses (registry.rs).
     pub(crate) fn ensure_fd_no_transport(
         slf: &Bound<'_, Self>,
         fd: &Bound<'_, PyAny>,
@@ -332,20 +331,11 @@ impl LoopCore {
                 .map_err(invalid)?;
             py.get_type::<PyInt>().call1((n,)).map_err(invalid)?
         };
-        let transports = slf.getattr(pyo3::intern!(py, "_transports"))?;
-        let known = transports
-            .getattr(pyo3::intern!(py, "data"))
-            .and_then(|d| d.contains(&fileno))
-            .unwrap_or(true);
-        if !known {
+        // An int no fd can be has no transport (asyncio's dict lookup misses too).
+        let Ok(fileno) = fileno.extract::<RawFd>() else {
             return Ok(());
-        }
-        let transport = transports.call_method1(pyo3::intern!(py, "get"), (&fileno,))?;
-        if transport.is_truthy()?
-            && !transport
-                .call_method0(pyo3::intern!(py, "is_closing"))?
-                .is_truthy()?
-        {
+        };
+        if let Some(transport) = slf.get().open_transport(py, fileno)? {
             return Err(PyRuntimeError::new_err(format!(
                 "File descriptor {} is used by transport {}",
                 repr(fd),

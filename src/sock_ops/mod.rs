@@ -296,19 +296,15 @@ impl SockCall {
     }
 }
 
-/// asyncio's `_ensure_fd_no_transport`, with a C-level lookup first: only an fd that a
-/// transport is registered for needs asyncio's own check.
+/// asyncio's `_ensure_fd_no_transport` for the fd of a socket call.
 fn ensure_fd_no_transport(lp: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
-    let py = lp.py();
-    let known = lp
-        .getattr(pyo3::intern!(py, "_transports"))
-        .and_then(|t| t.getattr(pyo3::intern!(py, "data")))
-        .and_then(|d| d.contains(fd))
-        .unwrap_or(true);
-    if known {
-        lp.call_method1(pyo3::intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+    match lp.get().open_transport(lp.py(), fd)? {
+        None => Ok(()),
+        Some(t) => Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "File descriptor {fd} is used by transport {}",
+            crate::errors::repr(&t)
+        ))),
     }
-    Ok(())
 }
 
 #[pymethods]

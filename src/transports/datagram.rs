@@ -31,6 +31,7 @@ use crate::gil_cell::GilCell;
 use crate::loop_core::fds::Dir;
 use crate::loop_core::stats::{TransportIo, TransportKind};
 use crate::loop_core::LoopCore;
+use crate::pyapi;
 use crate::transports::base::{self, clone_opt, Links};
 use crate::transports::flow::WaterMarks;
 use addr::AddrCache;
@@ -214,7 +215,7 @@ impl DatagramTransport {
     /// whatever connection_lost did. Once only: asyncio's second call fails on the
     /// released socket.
     fn connection_lost(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (sock, protocol) = {
+        let (sock, protocol, lp, owner) = {
             let st = self.st.borrow(py);
             if st.links.file.is_none() {
                 return Ok(());
@@ -222,8 +223,18 @@ impl DatagramTransport {
             let protocol = st
                 .protocol_connected
                 .then(|| clone_opt(py, &st.links.protocol));
-            (clone_opt(py, &st.links.file), protocol.flatten())
+            (
+                clone_opt(py, &st.links.file),
+                protocol.flatten(),
+                st.links.loop_.as_ref().map(|l| l.clone_ref(py)),
+                clone_opt(py, &st.links.owner),
+            )
         };
+        // No longer the fd's transport once its socket closes below.
+        if let Some(lp) = lp {
+            let owner = owner.map(|o| o.into_bound(py));
+            lp.get().transport_remove(py, self.fd, owner.as_ref());
+        }
         let result = match protocol {
             Some(p) => p.bind(py).call_method1("connection_lost", (exc,)).map(drop),
             None => Ok(()),
@@ -273,8 +284,12 @@ impl DatagramTransport {
             fd,
             family,
             native,
-            header: if py.version_info() >= (3, 13) { 8 } else { 0 },
-            sends_empty: py.version_info() >= (3, 13),
+            header: if pyapi::version(py) >= (3, 13, 0) {
+                8
+            } else {
+                0
+            },
+            sends_empty: pyapi::version(py) >= (3, 13, 0),
             connected,
             io: TransportIo::opened(&lp.get().stats, TransportKind::Udp),
             st: GilCell::new(DatagramState {

@@ -3,6 +3,7 @@
 //! the plumbing and flow control they share.
 
 pub(crate) mod base;
+mod core_method;
 mod datagram;
 pub(crate) mod flow;
 pub(crate) mod pipe;
@@ -12,6 +13,7 @@ mod tls;
 use pyo3::prelude::*;
 
 pub fn init_pymodule(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<core_method::CoreMethod>()?;
     m.add_class::<stream::StreamTransport>()?;
     m.add_class::<stream::AcceptedSocket>()?;
     m.add_class::<datagram::DatagramTransport>()?;

@@ -29,6 +29,7 @@ mod coalesce;
 mod flow;
 mod lazy_sock;
 mod read;
+mod setup;
 mod tls_read;
 #[cfg(feature = "uring")]
 mod uring;
@@ -58,6 +59,8 @@ struct StreamState {
     lazy_kind: Option<(i32, i32, i32)>,
     /// The Python transport object that protocols see.
     owner: Option<Py<PyAny>>,
+    /// The server that accepted the connection, until it is detached from.
+    server: Option<Py<PyAny>>,
     protocol: Option<Py<PyAny>>,
     buffered: bool,
     /// The protocol is ferroloop's TLS layer, which is handed each read natively.
@@ -250,12 +253,16 @@ impl StreamTransport {
         raw: Option<RawSock>,
         lp: Option<&Py<LoopCore>>,
         fd: RawFd,
+        owner: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         if sock.is_none() && raw.is_none() {
             return Ok(());
         }
         if let Some(lp) = lp {
             lp.get().forget_parked(py, fd);
+            // No longer the fd's transport (asyncio keeps a closed one there until it is
+            // collected, which its fd check ignores).
+            lp.get().transport_remove(py, fd, owner);
         }
         drop(raw);
         if let Some(sock) = sock {
@@ -312,6 +319,7 @@ impl StreamTransport {
                 raw,
                 sock,
                 owner: Some(owner.clone().unbind()),
+                server: None,
                 buffered: is_buffered_protocol(protocol)?,
                 tls: tls_of(protocol),
                 protocol: Some(protocol.clone().unbind()),
@@ -548,11 +556,9 @@ impl StreamTransport {
                 st.loop_.take(),
             )
         };
-        Self::close_sock(py, sock, raw, _loop.as_ref(), this.fd)?;
-        // The Python transport detaches from its server (that API varies by version).
-        if let Some(owner) = owner {
-            owner.bind(py).call_method0("_connection_lost_done")?;
-        }
+        let owner = owner.map(|o| o.into_bound(py));
+        Self::close_sock(py, sock, raw, _loop.as_ref(), this.fd, owner.as_ref())?;
+        this.detach_server(py, owner.as_ref())?;
         if let Some(w) = waiter {
             let err = py
                 .get_type::<pyo3::exceptions::PyConnectionError>()
@@ -696,16 +702,42 @@ impl StreamTransport {
     }
 
     /// Closes the socket (a transport collected while open: its `__del__`).
+    /// Closes the socket and detaches from the server (a transport collected while
+    /// open: its `__del__`).
     fn _release_sock(&self, py: Python<'_>) -> PyResult<()> {
-        let (sock, raw, lp) = {
+        let (sock, raw, lp, owner) = {
             let mut st = self.st.borrow_mut(py);
             (
                 st.sock.take(),
                 st.raw.take(),
                 st.loop_.as_ref().map(|l| l.clone_ref(py)),
+                st.owner.as_ref().map(|o| o.clone_ref(py)),
             )
         };
-        Self::close_sock(py, sock, raw, lp.as_ref(), self.fd)
+        let owner = owner.map(|o| o.into_bound(py));
+        Self::close_sock(py, sock, raw, lp.as_ref(), self.fd, owner.as_ref())?;
+        self.detach_server(py, owner.as_ref())
+    }
+
+    /// Starts the `SocketTransport` `owner` (its `__init__`; setup.rs).
+    #[staticmethod]
+    #[pyo3(signature = (owner, loop_, sock, protocol, waiter=None, server=None, context=None))]
+    fn _open(
+        owner: &Bound<'_, PyAny>,
+        loop_: &Bound<'_, PyAny>,
+        sock: &Bound<'_, PyAny>,
+        protocol: &Bound<'_, PyAny>,
+        waiter: Option<&Bound<'_, PyAny>>,
+        server: Option<&Bound<'_, PyAny>>,
+        context: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        Self::open(owner, loop_, sock, protocol, waiter, server, context)
+    }
+
+    /// The server the connection is attached to (None once detached).
+    #[getter]
+    fn _server(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.st.borrow(py).server.as_ref().map(|s| s.clone_ref(py))
     }
 
     #[getter]
@@ -750,6 +782,7 @@ impl StreamTransport {
         for obj in [
             &st.sock,
             &st.owner,
+            &st.server,
             &st.protocol,
             &st.empty_waiter,
             &st.context,
@@ -777,7 +810,7 @@ impl StreamTransport {
             let taken = {
                 let mut st = self.st.borrow_mut(py);
                 (
-                    st.owner.take(),
+                    (st.owner.take(), st.server.take()),
                     (st.protocol.take(), st.tls.take()),
                     st.empty_waiter.take(),
                     st.loop_.take(),

@@ -14,6 +14,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyString, PyTuple};
 
+use crate::syscalls::accept::ipv4_text;
 use crate::syscalls::SockAddr;
 
 /// The families whose received addresses are converted here.
@@ -65,8 +66,9 @@ pub(crate) fn to_python<'py>(
             // which is large enough and suitably aligned for one.
             let sin = unsafe { &*storage.cast::<libc::sockaddr_in>() };
             // Dotted decimal, as inet_ntop (and so getnameinfo) writes it.
-            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            let host = PyString::new(py, &ip.to_string());
+            let mut text = [0u8; 15];
+            let n = ipv4_text(u32::from_be(sin.sin_addr.s_addr), &mut text);
+            let host = PyString::new(py, std::str::from_utf8(&text[..n]).unwrap_or_default());
             let port = PyInt::new(py, u16::from_be(sin.sin_port));
             Ok(Some(
                 PyTuple::new(py, [host.into_any(), port.into_any()])?.into_any(),

@@ -1,0 +1,97 @@
+//! The fds that transports own (asyncio's `loop._transports`, a WeakValueDictionary),
+//! kept natively: asyncio 3.12+ refuses `add_reader`/`sock_*` on an fd whose transport is
+//! still open. A Python WeakValueDictionary cost each connection ~2.5k instructions (its
+//! `KeyedRef` made in Python, the removal callback run in Python on collection); here an
+//! entry is a plain weak reference, dropped when the transport releases its socket.
+
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyWeakrefMethods, PyWeakrefReference};
+
+use super::LoopCore;
+
+/// fd → the transport (weakly: an abandoned transport is still collected and warns).
+#[derive(Default)]
+pub(crate) struct Transports {
+    map: HashMap<RawFd, Py<PyWeakrefReference>>,
+}
+
+impl Transports {
+    /// The live transport of `fd`, if any.
+    fn get<'py>(&self, py: Python<'py>, fd: RawFd) -> Option<Bound<'py, PyAny>> {
+        self.map.get(&fd).and_then(|r| r.bind(py).upgrade())
+    }
+}
+
+impl LoopCore {
+    pub(crate) fn transport_add(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        transport: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let r = PyWeakrefReference::new(transport)?.unbind();
+        let old = self.st.borrow_mut(py).transports.map.insert(fd, r);
+        drop(old);
+        Ok(())
+    }
+
+    /// Forgets `fd`'s entry if it is `transport`'s (None: whoever's it is).
+    pub(crate) fn transport_remove(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        transport: Option<&Bound<'_, PyAny>>,
+    ) {
+        let old = {
+            let mut st = self.st.borrow_mut(py);
+            let map = &mut st.transports.map;
+            let mine = match (transport, map.get(&fd)) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some(t), Some(r)) => r.bind(py).upgrade().is_none_or(|o| o.is(t)),
+            };
+            if mine {
+                map.remove(&fd)
+            } else {
+                None
+            }
+        };
+        drop(old);
+    }
+
+    /// The transport of `fd` if it is still open, which asyncio's
+    /// `_ensure_fd_no_transport` refuses the fd for.
+    pub(crate) fn open_transport<'py>(
+        &self,
+        py: Python<'py>,
+        fd: RawFd,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(transport) = self.st.borrow(py).transports.get(py, fd) else {
+            return Ok(None);
+        };
+        let closing = transport
+            .call_method0(pyo3::intern!(py, "is_closing"))?
+            .is_truthy()?;
+        Ok((!closing).then_some(transport))
+    }
+
+    /// The live entries, as a dict (what `loop._transports` shows).
+    pub(crate) fn transports_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let live: Vec<_> = {
+            let st = self.st.borrow(py);
+            st.transports
+                .map
+                .iter()
+                .filter_map(|(fd, r)| r.bind(py).upgrade().map(|t| (*fd, t)))
+                .collect()
+        };
+        for (fd, t) in live {
+            d.set_item(fd, t)?;
+        }
+        Ok(d)
+    }
+}
