@@ -43,6 +43,20 @@ impl Clients {
         self.set.len()
     }
 
+    /// Whether none is served. Unlike `len`, stops at the first live transport: checked
+    /// on each connection's detach, where a scan of all of them would make a server's
+    /// connections cost O(n²).
+    fn is_empty(&mut self, py: Python<'_>) -> bool {
+        if pyapi::version(py) < (3, 13, 0) {
+            return self.count == 0;
+        }
+        if self.set.values().any(|r| r.bind(py).upgrade().is_some()) {
+            return false;
+        }
+        self.set.clear();
+        true
+    }
+
     #[cfg_attr(not(Py_3_13), allow(dead_code))]
     fn live(&self, py: Python<'_>) -> Vec<Py<PyAny>> {
         self.set
@@ -242,7 +256,7 @@ impl ServerCore {
                     st.clients.count -= 1;
                 }
             }
-            st.clients.len(py) == 0 && st.sockets.is_none()
+            st.sockets.is_none() && st.clients.is_empty(py)
         };
         if wake {
             self.wakeup(py)?;
@@ -369,7 +383,7 @@ impl ServerCore {
                 drop(old);
             }
         }
-        let idle = self.st.borrow_mut(py).clients.len(py) == 0;
+        let idle = self.st.borrow_mut(py).clients.is_empty(py);
         if idle {
             self.wakeup(py)?;
         }

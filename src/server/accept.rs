@@ -19,7 +19,7 @@ use crate::loop_core::fds::Dir;
 use crate::loop_core::LoopCore;
 use crate::pyapi;
 use crate::syscalls::accept::{accept4, converted_family, socket_kind, Accepted};
-use crate::transports::stream::{AcceptedSocket, RawSock};
+use crate::transports::stream::{AcceptedSocket, RawSock, StreamTransport};
 
 /// asyncio's `constants.ACCEPT_RETRY_DELAY`: how long to stop accepting when out of fds.
 const ACCEPT_RETRY_DELAY: f64 = 1.0;
@@ -209,14 +209,17 @@ impl Listener {
         Ok(Ok(Some((conn, addr))))
     }
 
-    /// The stream transport of an accepted connection: ferroloop's own, straight from
-    /// here, when the loop's `_make_socket_transport` is ferroloop's (what it would do);
-    /// else the loop's method, with the socket object, as asyncio calls it.
+    /// The stream transport of an accepted connection: ferroloop's own, made here (what
+    /// `SocketTransport.__init__` does, without its Python frame) when the loop's
+    /// `_make_socket_transport` is ferroloop's; else the loop's method, with the socket
+    /// object, as asyncio calls it.
     fn make_transport<'py>(
         lp: &Bound<'py, LoopCore>,
         conn: &Bound<'py, PyAny>,
         protocol: &Bound<'py, PyAny>,
-        kwargs: &Bound<'py, PyDict>,
+        extra: Bound<'py, PyDict>,
+        server: &Bound<'py, PyAny>,
+        context: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<()> {
         let py = lp.py();
         let name = pyo3::intern!(py, "_make_socket_transport");
@@ -235,17 +238,55 @@ impl Listener {
                     "ferroloop._transports",
                     "SocketTransport",
                 )?;
-                let args = (lp, conn, protocol, py.None());
-                cls.call(args, Some(kwargs))?;
-                return Ok(());
+                let transport = cls.call_method1(pyo3::intern!(py, "__new__"), (&cls,))?;
+                transport.setattr(pyo3::intern!(py, "_extra"), extra)?;
+                let lp = lp.as_any();
+                return StreamTransport::open(
+                    &transport,
+                    lp,
+                    conn,
+                    protocol,
+                    None,
+                    Some(server),
+                    context,
+                );
             }
             let Some(sock) = accepted.get().take(py) else {
                 return Ok(());
             };
-            lp.call_method(name, (sock.into_socket(py)?, protocol), Some(kwargs))?;
-            return Ok(());
+            return Self::call_make_transport(
+                lp,
+                &sock.into_socket(py)?,
+                protocol,
+                extra,
+                server,
+                context,
+            );
         }
-        lp.call_method(name, (conn, protocol), Some(kwargs))?;
+        Self::call_make_transport(lp, conn, protocol, extra, server, context)
+    }
+
+    /// `loop._make_socket_transport(sock, protocol, extra=, server=[, context=])`.
+    fn call_make_transport<'py>(
+        lp: &Bound<'py, LoopCore>,
+        sock: &Bound<'py, PyAny>,
+        protocol: &Bound<'py, PyAny>,
+        extra: Bound<'py, PyDict>,
+        server: &Bound<'py, PyAny>,
+        context: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<()> {
+        let py = lp.py();
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "extra"), extra)?;
+        kwargs.set_item(pyo3::intern!(py, "server"), server)?;
+        if let Some(c) = context {
+            kwargs.set_item(pyo3::intern!(py, "context"), c)?;
+        }
+        lp.call_method(
+            pyo3::intern!(py, "_make_socket_transport"),
+            (sock, protocol),
+            Some(&kwargs),
+        )?;
         Ok(())
     }
 
@@ -410,13 +451,7 @@ impl Listener {
             protocol = Some(p.clone());
             let extra = PyDict::new(py);
             extra.set_item(pyo3::intern!(py, "peername"), addr)?;
-            let kwargs = PyDict::new(py);
-            kwargs.set_item(pyo3::intern!(py, "extra"), extra)?;
-            kwargs.set_item(pyo3::intern!(py, "server"), &server)?;
-            if let Some(c) = context {
-                kwargs.set_item(pyo3::intern!(py, "context"), c)?;
-            }
-            Self::make_transport(lp, conn, &p, &kwargs)
+            Self::make_transport(lp, conn, &p, extra, server.bind(py), context)
         })();
         match made {
             Ok(()) => Ok(()),

@@ -36,7 +36,7 @@ fn address_or_none<'py>(
 impl StreamTransport {
     /// Starts `owner` (a `SocketTransport` whose `_extra` is set) on `sock`.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn open(
+    pub(crate) fn open(
         owner: &Bound<'_, PyAny>,
         loop_: &Bound<'_, PyAny>,
         sock: &Bound<'_, PyAny>,
