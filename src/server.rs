@@ -5,7 +5,7 @@
 //! The coroutines (`start_serving`, `serve_forever`, `wait_closed`) are the Python class's
 //! (`python/ferroloop/_server.py`); everything they and the transports call is here.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use pyo3::exceptions::PyAssertionError;
 use pyo3::prelude::*;
@@ -29,7 +29,7 @@ static TRANSPORT_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 struct Clients {
     count: usize,
     /// By the transport's address.
-    set: HashMap<usize, Py<PyWeakrefReference>>,
+    set: FxHashMap<usize, Py<PyWeakrefReference>>,
 }
 
 impl Clients {

@@ -10,7 +10,7 @@
 //! `add_reader`/`add_writer` watcher is removed is parked the same way (one `MOD` that
 //! disables it), so that watching it again costs a `MOD`, not a `DEL` and an `ADD`.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
@@ -34,7 +34,7 @@ pub(crate) struct FdEntry {
 
 #[derive(Default)]
 pub(crate) struct Fds {
-    map: HashMap<RawFd, FdEntry>,
+    map: FxHashMap<RawFd, FdEntry>,
     /// How many entries are parked.
     parked: usize,
 }

@@ -4,7 +4,7 @@
 //! `KeyedRef` made in Python, the removal callback run in Python on collection); here an
 //! entry is a plain weak reference, dropped when the transport releases its socket.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
@@ -15,7 +15,7 @@ use super::LoopCore;
 /// fd → the transport (weakly: an abandoned transport is still collected and warns).
 #[derive(Default)]
 pub(crate) struct Transports {
-    map: HashMap<RawFd, Py<PyWeakrefReference>>,
+    map: FxHashMap<RawFd, Py<PyWeakrefReference>>,
 }
 
 impl Transports {
