@@ -67,8 +67,10 @@ pub(crate) struct State {
     /// scheduled (see `check_sock_calls`).
     sock_waiters: usize,
     sock_check_armed: bool,
-    /// Stream transports with writes deferred until the running callback returns.
+    /// Stream transports with writes deferred until the run step ends (flush.rs).
     flush: VecDeque<Py<StreamTransport>>,
+    /// When the first of `flush` was queued (the loop's clock).
+    flush_since: f64,
     /// The io_uring that sends the flush list in one submission (see flush.rs).
     #[cfg(feature = "uring")]
     ring: crate::syscalls::uring::Uring,
@@ -146,6 +148,7 @@ impl LoopCore {
                 sock_waiters: 0,
                 sock_check_armed: false,
                 flush: VecDeque::new(),
+                flush_since: 0.0,
                 #[cfg(feature = "uring")]
                 ring: crate::syscalls::uring::Uring::open(),
             }),

@@ -87,15 +87,14 @@ impl LoopCore {
                 if untracked {
                     Handle::gc_track_if_held(&handle);
                 }
-                // The callback's small writes go out now, one send per transport (or, with
-                // io_uring, all of the step's together once its last callback returns).
-                let flushed = if this.has_deferred_writes(py)
-                    && (result.is_err() || !this.batches_sends(py))
-                {
-                    Self::flush_writes(slf)
-                } else {
-                    Ok(())
-                };
+                // The step's small writes go out together once its last callback returns
+                // (flush.rs), or now if this one raised or the oldest has waited enough.
+                let flushed =
+                    if this.has_deferred_writes(py) && (result.is_err() || this.flush_due(py)) {
+                        Self::flush_writes(slf)
+                    } else {
+                        Ok(())
+                    };
                 stats.callback_end();
                 if let Some(start) = timed {
                     stats.timed(&handle, start);
@@ -107,7 +106,6 @@ impl LoopCore {
             }
             Self::recycle(this, handle);
         }
-        #[cfg(feature = "uring")]
         if this.has_deferred_writes(py) {
             Self::flush_writes(slf)?;
         }

@@ -1,6 +1,6 @@
 //! Write coalescing: small writes made while the loop runs a callback are held in the
-//! buffer and sent together once the callback returns (loop_core/flush.rs), so a
-//! response written in pieces costs one syscall and, on TCP, one segment.
+//! buffer and sent together when the run step ends (loop_core/flush.rs), so a response
+//! written in pieces costs one syscall and, on TCP, one segment.
 //!
 //! asyncio sends each write at once; the difference stays unobservable through its API:
 //! - only while the socket is not already watched for writing (then writes queue as
@@ -22,7 +22,7 @@ use super::StreamTransport;
 const COALESCE_MAX: usize = 64 * 1024;
 
 impl StreamTransport {
-    /// Holds `chunks` for the loop to send when the running callback returns; false (and
+    /// Holds `chunks` for the loop to send when the run step ends; false (and
     /// nothing done) when this write is to be sent now. Called with no backlog.
     pub(super) fn try_defer(
         slf: &Bound<'_, Self>,
