@@ -36,6 +36,8 @@ if _HAS_WATCHERS:
         unix_events.ThreadedChildWatcher,  # type: ignore[attr-defined]
         unix_events.PidfdChildWatcher,  # type: ignore[attr-defined]
     )
+    _GET_CHILD_WATCHER = events.get_child_watcher  # type: ignore[attr-defined]
+    _POLICY_GET_CHILD_WATCHER = unix_events._UnixDefaultEventLoopPolicy.get_child_watcher  # type: ignore[attr-defined]
 
 
 def _chosen_child_watcher() -> Any:
@@ -43,6 +45,17 @@ def _chosen_child_watcher() -> Any:
     None when there is none or it is one of asyncio's defaults."""
     if not _HAS_WATCHERS:
         return None
+    # asyncio's own policy (ferroloop's derives from it), neither replaced: its watcher is
+    # read directly. get_child_watcher() would warn (filtered) on every call, a fifth of
+    # a spawn's cost, and create a default watcher when none is set, which is None here.
+    if events.get_child_watcher is _GET_CHILD_WATCHER:  # type: ignore[attr-defined]
+        policy = events.get_event_loop_policy()
+        method = getattr(policy.get_child_watcher, "__func__", None)
+        if method is _POLICY_GET_CHILD_WATCHER and "_watcher" in vars(policy):
+            watcher = policy._watcher  # type: ignore[attr-defined]
+            if watcher is None or type(watcher) in _DEFAULT_WATCHERS:
+                return None
+            return watcher
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
