@@ -55,6 +55,8 @@ struct ProcState {
     /// The futures of `_wait()`; None once the process exited.
     exit_waiters: Option<Vec<Py<PyAny>>>,
     watch: Watch,
+    /// The pidfd registration's callback (`_child_ready`), by which it is found again.
+    pidfd_ready: Option<Py<PyAny>>,
 }
 
 #[pyclass(name = "SubprocessTransportCore", module = "ferroloop._core", frozen)]
@@ -234,8 +236,11 @@ impl SubprocessCore {
         .into_iter()
         .enumerate()
         {
+            if !wanted[fd] {
+                continue;
+            }
             let pipe = proc.getattr(attr)?;
-            if pipe.is_none() || !wanted[fd] {
+            if pipe.is_none() {
                 continue;
             }
             let proto = Py::new(
@@ -315,6 +320,7 @@ impl SubprocessCore {
                 pending_calls: Some(Vec::new()),
                 exit_waiters: Some(Vec::new()),
                 watch: Watch::None,
+                pidfd_ready: None,
             }),
         })
     }
@@ -332,7 +338,7 @@ impl SubprocessCore {
         connect: bool,
     ) -> PyResult<()> {
         let py = slf.py();
-        let pid: i32 = proc.getattr("pid")?.extract()?;
+        let pid: i32 = proc.getattr(pyo3::intern!(py, "pid"))?.extract()?;
         {
             let mut st = slf.get().st.borrow_mut(py);
             st.proc = Some(proc.clone().unbind());
@@ -662,9 +668,15 @@ impl SubprocessCore {
         if let Some(l) = &st.loop_ {
             visit.call(l)?;
         }
-        for obj in [&st.owner, &st.protocol, &st.proc, &st.returncode]
-            .into_iter()
-            .flatten()
+        for obj in [
+            &st.owner,
+            &st.protocol,
+            &st.proc,
+            &st.returncode,
+            &st.pidfd_ready,
+        ]
+        .into_iter()
+        .flatten()
         {
             visit.call(obj)?;
         }
@@ -691,6 +703,7 @@ impl SubprocessCore {
                     st.pending_calls.take(),
                     st.exit_waiters.take(),
                     std::mem::take(&mut st.pipes),
+                    st.pidfd_ready.take(),
                 )
             };
             drop(released);
