@@ -196,9 +196,7 @@ impl SubprocessCore {
         drop((watch, ready));
         if let Some(lp) = &lp {
             let children = lp.bind(py).getattr(pyo3::intern!(py, CHILDREN))?;
-            if children.contains(pid)? {
-                children.del_item(pid)?;
-            }
+            children.call_method1(pyo3::intern!(py, "pop"), (pid, py.None()))?;
         }
         Self::process_exited(slf, returncode)
     }
