@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use pyo3::exceptions::{PyAssertionError, PyProcessLookupError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::gil_cell::GilCell;
@@ -55,6 +55,8 @@ struct ProcState {
     /// The futures of `_wait()`; None once the process exited.
     exit_waiters: Option<Vec<Py<PyAny>>>,
     watch: Watch,
+    /// The pidfd registration's callback (`_child_ready`), by which it is found again.
+    pidfd_ready: Option<Py<PyAny>>,
 }
 
 #[pyclass(name = "SubprocessTransportCore", module = "ferroloop._core", frozen)]
@@ -106,7 +108,7 @@ impl SubprocessCore {
     fn protocol_method<'py>(
         &self,
         py: Python<'py>,
-        name: &str,
+        name: &Bound<'py, PyString>,
     ) -> PyResult<Option<Bound<'py, PyAny>>> {
         match self.protocol(py) {
             Some(p) => Ok(Some(p.getattr(name)?)),
@@ -120,7 +122,7 @@ impl SubprocessCore {
         fd: i32,
         data: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        if let Some(cb) = self.protocol_method(py, "pipe_data_received")? {
+        if let Some(cb) = self.protocol_method(py, pyo3::intern!(py, "pipe_data_received"))? {
             let args = PyTuple::new(py, [fd.into_pyobject(py)?.into_any(), data])?;
             self.call(py, cb, args)?;
         }
@@ -133,7 +135,10 @@ impl SubprocessCore {
         exc: Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = slf.py();
-        if let Some(cb) = slf.get().protocol_method(py, "pipe_connection_lost")? {
+        if let Some(cb) = slf
+            .get()
+            .protocol_method(py, pyo3::intern!(py, "pipe_connection_lost"))?
+        {
             let args = PyTuple::new(py, [fd.into_pyobject(py)?.into_any(), exc])?;
             slf.get().call(py, cb, args)?;
         }
@@ -194,7 +199,7 @@ impl SubprocessCore {
                 proc.setattr(name, &returncode)?;
             }
         }
-        if let Some(cb) = this.protocol_method(py, "process_exited")? {
+        if let Some(cb) = this.protocol_method(py, pyo3::intern!(py, "process_exited"))? {
             this.call(py, cb, PyTuple::empty(py))?;
         }
         Self::try_finish(slf)?;
@@ -234,8 +239,11 @@ impl SubprocessCore {
         .into_iter()
         .enumerate()
         {
+            if !wanted[fd] {
+                continue;
+            }
             let pipe = proc.getattr(attr)?;
-            if pipe.is_none() || !wanted[fd] {
+            if pipe.is_none() {
                 continue;
             }
             let proto = Py::new(
@@ -315,6 +323,7 @@ impl SubprocessCore {
                 pending_calls: Some(Vec::new()),
                 exit_waiters: Some(Vec::new()),
                 watch: Watch::None,
+                pidfd_ready: None,
             }),
         })
     }
@@ -332,7 +341,7 @@ impl SubprocessCore {
         connect: bool,
     ) -> PyResult<()> {
         let py = slf.py();
-        let pid: i32 = proc.getattr("pid")?.extract()?;
+        let pid: i32 = proc.getattr(pyo3::intern!(py, "pid"))?.extract()?;
         {
             let mut st = slf.get().st.borrow_mut(py);
             st.proc = Some(proc.clone().unbind());
@@ -586,41 +595,52 @@ impl SubprocessCore {
         self.signal(py, &(nix::libc::SIGKILL).into_pyobject(py)?.into_any())
     }
 
-    /// For `_wait()`: a future for the exit, or None when the return code is known.
+    /// For `_wait()`: a future for the exit, or None when the return code is known. Each
+    /// `_wait()` has its own; those of cancelled waits are dropped here.
     fn _exit_waiter(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let lp = {
+        let (lp, pending) = {
             let st = self.st.borrow(py);
             if st.returncode.is_some() || st.exit_waiters.is_none() {
                 return Ok(None);
             }
-            st.loop_.as_ref().map(|l| l.clone_ref(py))
+            let Some(lp) = st.loop_.as_ref().map(|l| l.clone_ref(py)) else {
+                return Ok(None);
+            };
+            let pending: Vec<_> = st
+                .exit_waiters
+                .iter()
+                .flatten()
+                .map(|f| f.clone_ref(py))
+                .collect();
+            (lp, pending)
         };
-        let Some(lp) = lp else {
-            return Ok(None);
-        };
-        let fut = LoopCore::create_future(lp.bind(py))?;
-        if let Some(w) = &mut self.st.borrow_mut(py).exit_waiters {
-            w.push(fut.clone().unbind());
+        // done() is a Python call: made with no borrow held.
+        let mut finished = Vec::new();
+        for w in &pending {
+            if w.bind(py)
+                .call_method0(pyo3::intern!(py, "done"))?
+                .is_truthy()?
+            {
+                finished.push(w.as_ptr());
+            }
         }
-        Ok(Some(fut.unbind()))
-    }
-
-    fn _discard_exit_waiter(&self, py: Python<'_>, waiter: &Bound<'_, PyAny>) {
+        let fut = LoopCore::create_future(lp.bind(py))?;
         let gone = {
             let mut st = self.st.borrow_mut(py);
             match &mut st.exit_waiters {
                 Some(w) => {
-                    let before = std::mem::take(w);
-                    let (gone, kept): (Vec<_>, Vec<_>) = before
+                    let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(w)
                         .into_iter()
-                        .partition(|f| f.as_ptr() == waiter.as_ptr());
+                        .partition(|f| finished.contains(&f.as_ptr()));
                     *w = kept;
+                    w.push(fut.clone().unbind());
                     gone
                 }
                 None => Vec::new(),
             }
         };
-        drop(gone);
+        drop((gone, pending));
+        Ok(Some(fut.unbind()))
     }
 
     /// The pipes' protocols, by fd (asyncio's `_pipes`).
@@ -662,9 +682,15 @@ impl SubprocessCore {
         if let Some(l) = &st.loop_ {
             visit.call(l)?;
         }
-        for obj in [&st.owner, &st.protocol, &st.proc, &st.returncode]
-            .into_iter()
-            .flatten()
+        for obj in [
+            &st.owner,
+            &st.protocol,
+            &st.proc,
+            &st.returncode,
+            &st.pidfd_ready,
+        ]
+        .into_iter()
+        .flatten()
         {
             visit.call(obj)?;
         }
@@ -691,6 +717,7 @@ impl SubprocessCore {
                     st.pending_calls.take(),
                     st.exit_waiters.take(),
                     std::mem::take(&mut st.pipes),
+                    st.pidfd_ready.take(),
                 )
             };
             drop(released);

@@ -273,6 +273,20 @@ def test_wait_cancelled_then_again(loop):
     assert run(loop, main()) == 0
 
 
+def test_many_cancelled_waits_then_one_that_returns(loop):
+    """Each wait() has its own future; those of cancelled waits are dropped (ferroloop:
+    at the next wait()), and the last wait still gets the return code."""
+
+    async def main():
+        proc = await python("import time; time.sleep(0.5); raise SystemExit(3)")
+        for _ in range(20):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 0.005)
+        return await proc.wait(), await proc.wait()
+
+    assert run(loop, main()) == (3, 3)
+
+
 @pytest.mark.parametrize(
     "loop_factory",
     [

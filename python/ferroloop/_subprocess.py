@@ -23,6 +23,7 @@ import sys
 import warnings
 from asyncio import events, tasks, transports
 from asyncio.log import logger
+from collections.abc import Awaitable
 from typing import Any
 
 from . import _core
@@ -36,6 +37,8 @@ if _HAS_WATCHERS:
         unix_events.ThreadedChildWatcher,  # type: ignore[attr-defined]
         unix_events.PidfdChildWatcher,  # type: ignore[attr-defined]
     )
+    _GET_CHILD_WATCHER = events.get_child_watcher  # type: ignore[attr-defined]
+    _POLICY_GET_CHILD_WATCHER = unix_events._UnixDefaultEventLoopPolicy.get_child_watcher  # type: ignore[attr-defined]
 
 
 def _chosen_child_watcher() -> Any:
@@ -43,6 +46,17 @@ def _chosen_child_watcher() -> Any:
     None when there is none or it is one of asyncio's defaults."""
     if not _HAS_WATCHERS:
         return None
+    # asyncio's own policy (ferroloop's derives from it), neither replaced: its watcher is
+    # read directly. get_child_watcher() would warn (filtered) on every call, a fifth of
+    # a spawn's cost, and create a default watcher when none is set, which is None here.
+    if events.get_child_watcher is _GET_CHILD_WATCHER:  # type: ignore[attr-defined]
+        policy = events.get_event_loop_policy()
+        method = getattr(policy.get_child_watcher, "__func__", None)
+        if method is _POLICY_GET_CHILD_WATCHER and "_watcher" in vars(policy):
+            watcher = policy._watcher  # type: ignore[attr-defined]
+            if watcher is None or type(watcher) in _DEFAULT_WATCHERS:
+                return None
+            return watcher
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -215,17 +229,19 @@ class SubprocessTransport(transports.SubprocessTransport):
     def _process_exited(self, returncode: int) -> None:
         self._core._process_exited(returncode)
 
-    async def _wait(self) -> int:
-        """Wait until the process exits; its return code."""
-        core = self._core
-        waiter = core._exit_waiter()
+    def _wait(self) -> Awaitable[int]:
+        """An awaitable of the return code, once the process exits: a future of its own,
+        not a coroutine (a frame and a try/finally less per `wait()`); a cancelled one is
+        dropped from the core's list at the next call."""
+        waiter = self._core._exit_waiter()
         if waiter is None:
             # No waiter: the exit is known, so the return code is not None.
-            return core.get_returncode()  # type: ignore[return-value]
-        try:
-            return await waiter
-        finally:
-            core._discard_exit_waiter(waiter)
+            return _known(self._core.get_returncode())  # type: ignore[arg-type]
+        return waiter
+
+
+async def _known(returncode: int) -> int:
+    return returncode
 
 
 class Subprocesses:
@@ -254,7 +270,15 @@ class Subprocesses:
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter, extra,
                 True, kwargs,
             )  # fmt: skip
-            await self._wait_started(transp, waiter)
+            # _wait_started, inline (one coroutine less per child).
+            try:
+                await waiter
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                transp.close()
+                await tasks.shield(transp._wait())
+                raise
             return transp
         # The program's own child watcher, used as asyncio 3.10-3.13 use it (up to 3.11,
         # the object its `__enter__` returns).

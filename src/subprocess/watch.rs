@@ -9,7 +9,8 @@ use nix::errno::Errno;
 use nix::libc;
 use pyo3::exceptions::{PyProcessLookupError, PyRuntimeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyTuple;
 
 use super::{SubprocessCore, Watch};
 use crate::errors::os_error;
@@ -22,6 +23,9 @@ use crate::syscalls::process::{self, Child};
 /// closing the loop can release them; see `Loop.close`).
 const CHILDREN: &str = "_children";
 
+/// The `os` module (its `pidfd_open` is looked up on each use).
+static OS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
 impl SubprocessCore {
     /// Starts watching child `pid`: its pidfd on the poller, else a waiting thread.
     pub(super) fn watch_exit(
@@ -30,11 +34,13 @@ impl SubprocessCore {
         pid: i32,
     ) -> PyResult<()> {
         let py = slf.py();
-        lp.getattr(CHILDREN)?.set_item(pid, slf)?;
+        lp.getattr(pyo3::intern!(py, CHILDREN))?
+            .set_item(pid, slf)?;
         // os.pidfd_open, so that a program (or a test) that replaces it is obeyed.
-        let pidfd = py
-            .import("os")?
-            .getattr("pidfd_open")
+        let pidfd = OS
+            .get_or_try_init(py, || py.import("os").map(Bound::unbind))?
+            .bind(py)
+            .getattr(pyo3::intern!(py, "pidfd_open"))
             .and_then(|f| f.call1((pid,)))
             .and_then(|fd| fd.extract::<i32>());
         match pidfd {
@@ -42,16 +48,17 @@ impl SubprocessCore {
                 // SAFETY: os.pidfd_open returned a new fd that nothing else owns.
                 let fd = unsafe { OwnedFd::from_raw_fd(fd) };
                 let ready = slf.getattr(pyo3::intern!(py, "_child_ready"))?;
-                let num = PyInt::new(py, fd.as_raw_fd());
-                slf.get().st.borrow_mut(py).watch = Watch::Pidfd(fd);
-                LoopCore::add_io(
-                    lp,
-                    num.as_any(),
-                    &ready,
-                    &PyTuple::empty(py),
-                    Dir::Read,
-                    None,
-                )?;
+                let raw = fd.as_raw_fd();
+                {
+                    let mut st = slf.get().st.borrow_mut(py);
+                    st.watch = Watch::Pidfd(fd);
+                    st.pidfd_ready = Some(ready.clone().unbind());
+                }
+                // One-shot, as a socket call's read: a pidfd reports its exit once, the
+                // kernel then disables the registration, and `child_ready` drops it with
+                // no system call (one epoll_ctl per child, not an ADD, a MOD that parks
+                // and a failing MOD for the next child's pidfd of the same number).
+                LoopCore::add_io_fd(lp, raw, &ready, &PyTuple::empty(py), Dir::Read)?;
             }
             Err(e)
                 if e.is_instance_of::<pyo3::exceptions::PyOSError>(py)
@@ -151,8 +158,8 @@ impl SubprocessCore {
         };
         let returncode = match reaped {
             Ok(Child::Exited(code)) => code.into_pyobject(py)?.into_any(),
-            // Not exited after all: keep watching.
-            Ok(Child::Running) => return Ok(()),
+            // Not exited after all: keep watching (the one-shot registration re-armed).
+            Ok(Child::Running) => return Self::rearm_pidfd(slf),
             Err(Errno::ECHILD) => {
                 // Reaped elsewhere: by Popen itself (poll(), wait()), which kept the
                 // status, or by someone else, whose status asyncio reports as 255.
@@ -172,28 +179,58 @@ impl SubprocessCore {
             }
             Err(e) => return Err(os_error(e)),
         };
-        let watch = std::mem::replace(&mut slf.get().st.borrow_mut(py).watch, Watch::None);
-        if let (Watch::Pidfd(fd), Some(lp)) = (&watch, &lp) {
-            let num = PyInt::new(py, fd.as_raw_fd());
-            LoopCore::remove_io(lp.bind(py), num.as_any(), Dir::Read)?;
+        let (watch, ready) = {
+            let mut st = slf.get().st.borrow_mut(py);
+            (
+                std::mem::replace(&mut st.watch, Watch::None),
+                st.pidfd_ready.take(),
+            )
+        };
+        if let (Watch::Pidfd(fd), Some(lp), Some(ready)) = (&watch, &lp, &ready) {
+            // The one-shot registration reported and is disabled: parked without a system
+            // call, then forgotten, as the fd is closed below (see `Fds::forget_parked`).
+            let lp = lp.bind(py);
+            LoopCore::park_reader(lp, fd.as_raw_fd(), ready.bind(py))?;
+            lp.get().forget_parked(py, fd.as_raw_fd());
         }
-        drop(watch);
+        drop((watch, ready));
         if let Some(lp) = &lp {
-            let children = lp.bind(py).getattr(CHILDREN)?;
-            if children.contains(pid)? {
-                children.del_item(pid)?;
-            }
+            let children = lp.bind(py).getattr(pyo3::intern!(py, CHILDREN))?;
+            children.call_method1(pyo3::intern!(py, "pop"), (pid, py.None()))?;
         }
         Self::process_exited(slf, returncode)
+    }
+
+    /// A pidfd that woke with its child still running: its one-shot read re-armed.
+    #[cold]
+    fn rearm_pidfd(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let (lp, fd, ready) = {
+            let st = slf.get().st.borrow(py);
+            let Watch::Pidfd(fd) = &st.watch else {
+                return Ok(());
+            };
+            (
+                st.loop_.as_ref().map(|l| l.clone_ref(py)),
+                fd.as_raw_fd(),
+                st.pidfd_ready.as_ref().map(|r| r.clone_ref(py)),
+            )
+        };
+        match (lp, ready) {
+            (Some(lp), Some(ready)) => LoopCore::rearm_reader(lp.bind(py), fd, ready.bind(py)),
+            _ => Ok(()),
+        }
     }
 
     /// The loop closes while the child runs: its pidfd is released, and the child is
     /// reaped in the background when it exits (asyncio's stock loop leaves a zombie).
     pub(super) fn loop_closed(&self, py: Python<'_>, lp: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (watch, pid) = {
+        let (watch, ready, pid) = {
             let mut st = self.st.borrow_mut(py);
-            (std::mem::replace(&mut st.watch, Watch::None), st.pid)
+            let watch = std::mem::replace(&mut st.watch, Watch::None);
+            (watch, st.pidfd_ready.take(), st.pid)
         };
+        drop(ready);
         let Some(pid) = pid else {
             return Ok(());
         };
