@@ -17,6 +17,7 @@ from ferroloop._stats import LoopStats
 
 __all__ = [
     "AcceptedSocket",
+    "CoreMethod",
     "DatagramTransportCore",
     "Handle",
     "Listener",
@@ -246,7 +247,7 @@ class CoreMethod:
     """A transport class's attribute giving an instance its core's method `name`."""
 
     def __new__(cls, name: str) -> CoreMethod: ...
-    def __get__(self, obj: Any, owner: Any = None) -> Any: ...
+    def __get__(self, instance: Any, owner: Any = None, /) -> Any: ...
     def __call__(self, obj: Any, *args: Any, **kwargs: Any) -> Any: ...
 
 @final

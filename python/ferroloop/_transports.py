@@ -12,7 +12,7 @@ import warnings
 from asyncio import constants, transports, trsock
 from typing import Any
 
-from . import _core
+from ._core import CoreMethod, StreamTransportCore
 
 
 def _set_nodelay(sock: socket.socket) -> None:
@@ -35,7 +35,7 @@ def _set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-_open = _core.StreamTransportCore._open
+_open = StreamTransportCore._open
 _family = _socket.socket.family.__get__
 _type = _socket.socket.type.__get__
 _INET = (int(socket.AF_INET), int(socket.AF_INET6))
@@ -49,6 +49,9 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
     """
 
     _extra: dict[str, Any]
+    # Set by the native start (src/transports/stream/setup.rs).
+    _core: StreamTransportCore
+    _sock_fd: int
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
@@ -140,8 +143,8 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
 
     # The Transport API. The hot methods are the core's own, bound on first use
     # (`CoreMethod`), so that a call runs no Python code of ours.
-    write = _core.CoreMethod("write")
-    writelines = _core.CoreMethod("writelines")
+    write = CoreMethod("write")
+    writelines = CoreMethod("writelines")
     def write_eof(self) -> None:
         self._core.write_eof()
 
@@ -154,17 +157,17 @@ class SocketTransport(transports._FlowControlMixin):  # type: ignore[name-define
     def abort(self) -> None:
         self._core.abort()
 
-    is_closing = _core.CoreMethod("is_closing")
-    is_reading = _core.CoreMethod("is_reading")
-    pause_reading = _core.CoreMethod("pause_reading")
-    resume_reading = _core.CoreMethod("resume_reading")
+    is_closing = CoreMethod("is_closing")
+    is_reading = CoreMethod("is_reading")
+    pause_reading = CoreMethod("pause_reading")
+    resume_reading = CoreMethod("resume_reading")
     def set_protocol(self, protocol: Any) -> None:
         self._core.set_protocol(protocol)
 
     def get_protocol(self) -> Any:
         return self._core.get_protocol()
 
-    get_write_buffer_size = _core.CoreMethod("get_write_buffer_size")
+    get_write_buffer_size = CoreMethod("get_write_buffer_size")
     def get_write_buffer_limits(self) -> tuple[Any, Any]:
         return self._core.get_write_buffer_limits()  # type: ignore[no-any-return]
 
