@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -2502,3 +2503,35 @@ def test_public_api_is_implemented(loop, name):
     # the abstract one (which raises a bare NotImplementedError).
     assert callable(getattr(loop, name))
     assert getattr(type(loop), name) is not getattr(asyncio.AbstractEventLoop, name)
+
+
+_EXIT_UNCLOSED = """
+import asyncio, sys
+import ferroloop
+factory = {"asyncio": asyncio.SelectorEventLoop, "ferroloop": ferroloop.new_event_loop}[sys.argv[1]]
+loop = factory()
+asyncio.set_event_loop(loop)
+async def coro():
+    pass
+async def main():
+    for _ in range(1000):
+        loop.create_task(coro())
+    loop.call_later(5.0, print).cancel()
+    await asyncio.sleep(0)
+loop.run_until_complete(main())
+print("done")
+"""
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "ferroloop"])
+def test_unclosed_loop_collected_at_exit_is_quiet(kind, tmp_path):
+    """A loop left unclosed is collected at interpreter exit without an error (its
+    `__del__` ran `close()` with the modules' globals already cleared)."""
+    script = tmp_path / "exit_unclosed.py"
+    script.write_text(_EXIT_UNCLOSED)
+    r = subprocess.run(
+        [sys.executable, str(script), kind], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "done"
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr

@@ -263,10 +263,16 @@ class Loop(  # type: ignore[misc]
             self._default_executor = None
             executor.shutdown(wait=False)
 
-    def __del__(self, _warn: Any = warnings.warn) -> None:
+    def __del__(self, _warn: Any = warnings.warn, _finalizing: Any = sys.is_finalizing) -> None:
         if not self.is_closed():
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
-            if not self.is_running():
+            if self.is_running():
+                return
+            if _finalizing():
+                # Collected at interpreter exit, when module globals may already be None:
+                # only the native core is released (its fds and queued callbacks).
+                self._close_core()
+            else:
                 self.close()
 
 
