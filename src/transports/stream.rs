@@ -701,7 +701,6 @@ impl StreamTransport {
         }
     }
 
-    /// Closes the socket (a transport collected while open: its `__del__`).
     /// Closes the socket and detaches from the server (a transport collected while
     /// open: its `__del__`).
     fn _release_sock(&self, py: Python<'_>) -> PyResult<()> {
