@@ -1,6 +1,7 @@
 """Instructions per operation of an echo server (`net_server.py`), counted by valgrind
 (callgrind) while a load generator drives it: the accept row (`net_accept_load`, one
-connection per operation) or the 1 KiB echo (`net_load`, one message per operation).
+connection per operation), the 1 KiB echo (`net_load`, one message per operation) or the
+10 KiB TLS echo (`net_load_tls`).
 
     python benchmarks/server_instructions.py --loops ferroloop,uvloop,rloop --row accept
 
@@ -24,9 +25,15 @@ import tempfile
 from pathlib import Path
 
 import net
+import net_tls
 
 HERE = Path(__file__).resolve().parent
-ROWS = {"accept": ("net_accept_load.c", []), "echo": ("net_load.c", ["--sizes", "1024"])}
+# row -> (load generator, its extra arguments, the server's API)
+ROWS = {
+    "accept": ("net_accept_load.c", [], "protocol"),
+    "echo": ("net_load.c", ["--sizes", "1024"], "protocol"),
+    "tls-echo": ("net_load_tls.c", ["--sizes", "10240"], "tls-protocol"),
+}
 
 
 def counted(out: str) -> int:
@@ -39,14 +46,16 @@ def counted(out: str) -> int:
     return total
 
 
-def one(kind: str, row: str, load: list[str], seconds: float, tmp: str) -> tuple[int, int]:
+def one(
+    kind: str, row: str, load: list[str], api: str, seconds: float, tmp: str
+) -> tuple[int, int]:
     """(operations, instructions) of one measured window of `seconds`."""
     out = os.path.join(tmp, f"cg.{kind}.{row}.{seconds}")
     name, env = net.micro.worker_env(kind)
     env = dict(env, PYTHONHASHSEED="0", FERROLOOP_STATS_FULL_TIMING_NS="400000")
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}"]
     p = subprocess.Popen(
-        [*cmd, sys.executable, str(HERE / "net_server.py"), name, "protocol"],
+        [*cmd, sys.executable, str(HERE / "net_server.py"), name, api],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=HERE,
     )  # fmt: skip
     try:
@@ -72,16 +81,21 @@ def main() -> None:
     ap.add_argument("--loops", default="ferroloop,uvloop,rloop")
     ap.add_argument("--row", choices=sorted(ROWS), default="accept")
     ap.add_argument("--seconds", default="3,9", help="the two window lengths, seconds")
+    ap.add_argument("--keep", metavar="DIR", help="keep callgrind's files in DIR")
     args = ap.parse_args()
-    src, extra = ROWS[args.row]
-    built = net.build_c_client(HERE / "results", HERE / src)
+    src, extra, api = ROWS[args.row]
+    if src == "net_load_tls.c":
+        built = net_tls.build_client(HERE / "results")
+    else:
+        built = net.build_c_client(HERE / "results", HERE / src)
     if isinstance(built, str):
         sys.exit(f"cannot build {src}: {built}")
     short, long = (float(x) for x in args.seconds.split(","))
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
         for kind in args.loops.split(","):
-            o1, i1 = one(kind, args.row, [*built, *extra], short, tmp)
-            o2, i2 = one(kind, args.row, [*built, *extra], long, tmp)
+            o1, i1 = one(kind, args.row, [*built, *extra], api, short, tmp)
+            o2, i2 = one(kind, args.row, [*built, *extra], api, long, tmp)
             print(f"{kind:10} {(i2 - i1) / (o2 - o1):9.0f} instructions per {args.row} "
                   f"({o1} and {o2} operations)", flush=True)  # fmt: skip
 
