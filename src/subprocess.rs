@@ -12,7 +12,6 @@ use std::os::fd::OwnedFd;
 
 use pyo3::exceptions::{PyAssertionError, PyProcessLookupError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
@@ -24,8 +23,6 @@ mod pipes;
 mod watch;
 
 use pipes::SubprocessPipeProto;
-
-static SET_RESULT_UNLESS_CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// How the child's exit is watched.
 enum Watch {
@@ -402,18 +399,7 @@ impl SubprocessCore {
             LoopCore::call_soon(&lp, cb.bind(py), args.bind(py), None)?;
         }
         if !waiter.is_none() {
-            let set = pyapi::cached_attr(
-                py,
-                &SET_RESULT_UNLESS_CANCELLED,
-                "asyncio.futures",
-                "_set_result_unless_cancelled",
-            )?;
-            LoopCore::call_soon(
-                &lp,
-                &set,
-                &PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?,
-                None,
-            )?;
+            crate::transports::base::wake_waiter_soon(&lp, waiter, None)?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 use std::os::fd::RawFd;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyInt, PyTuple};
 
 use crate::loop_core::fds::Dir;
@@ -48,6 +49,28 @@ pub(crate) fn call_soon<'py>(
     let py = lp.py();
     let args = PyTuple::new(py, args)?;
     LoopCore::call_soon(lp, callback, &args, context.map(|c| c.bind(py)))?;
+    Ok(())
+}
+
+static SET_RESULT_UNLESS_CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `loop.call_soon(futures._set_result_unless_cancelled, waiter, None)`: how asyncio's
+/// transports wake the waiter of their creation, after the `connection_made` queued
+/// before it (`context`: a copy of the current one when None).
+pub(crate) fn wake_waiter_soon(
+    lp: &Bound<'_, LoopCore>,
+    waiter: &Bound<'_, PyAny>,
+    context: Option<&Bound<'_, PyAny>>,
+) -> PyResult<()> {
+    let py = lp.py();
+    let set = pyapi::cached_attr(
+        py,
+        &SET_RESULT_UNLESS_CANCELLED,
+        "asyncio.futures",
+        "_set_result_unless_cancelled",
+    )?;
+    let args = PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?;
+    LoopCore::call_soon(lp, &set, &args, context)?;
     Ok(())
 }
 

@@ -13,10 +13,10 @@ use super::StreamTransport;
 use crate::loop_core::LoopCore;
 use crate::pyapi;
 use crate::server::ServerCore;
+use crate::transports::base;
 
 static TRANSPORT_SOCKET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static SET_NODELAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static SET_RESULT_UNLESS_CANCELLED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// `sock.getsockname()`/`getpeername()` as asyncio's transport reads them: None when
 /// the socket says OSError.
@@ -53,9 +53,10 @@ impl StreamTransport {
         let accepted = sock.cast::<AcceptedSocket>().ok();
         let fd = match accepted {
             Some(a) => {
-                let name = lazy_sock::sockname(py, a.get().fileno(py)).map(|n| n.into_bound(py));
+                let fd = a.get().fileno(py);
+                let name = lazy_sock::sockname(py, fd).map(|n| n.into_bound(py));
                 extra.set_item(pyo3::intern!(py, "sockname"), address_or_none(py, name)?)?;
-                a.get().fileno(py)
+                fd
             }
             None => {
                 let ts =
@@ -100,14 +101,7 @@ impl StreamTransport {
         let start = core.getattr(pyo3::intern!(py, "_start_reading"))?;
         LoopCore::call_soon(&lp, &start, &PyTuple::empty(py), context)?;
         if let Some(w) = waiter.filter(|w| !w.is_none()) {
-            let set = pyapi::cached_attr(
-                py,
-                &SET_RESULT_UNLESS_CANCELLED,
-                "asyncio.futures",
-                "_set_result_unless_cancelled",
-            )?;
-            let args = PyTuple::new(py, [w.clone(), py.None().into_bound(py)])?;
-            LoopCore::call_soon(&lp, &set, &args, context)?;
+            base::wake_waiter_soon(&lp, w, context)?;
         }
         Ok(())
     }
