@@ -128,17 +128,11 @@ impl ServerCore {
         transport: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let py = server.py();
-        let takes = pyapi::version(py) >= (3, 13, 0);
+        let transport = (pyapi::version(py) >= (3, 13, 0)).then_some(transport);
         if let Ok(s) = server.cast::<ServerCore>() {
-            return s.get()._attach(py, takes.then_some(transport));
+            return s.get()._attach(py, transport);
         }
-        let name = pyo3::intern!(py, "_attach");
-        if takes {
-            server.call_method1(name, (transport,))?;
-        } else {
-            server.call_method0(name)?;
-        }
-        Ok(())
+        Self::call_server(server, pyo3::intern!(py, "_attach"), transport)
     }
 
     /// `server._detach(transport)`, the same way (`transport` None: collected already,
@@ -152,13 +146,23 @@ impl ServerCore {
         if takes && transport.is_none() {
             return Ok(());
         }
+        let transport = transport.filter(|_| takes);
         if let Ok(s) = server.cast::<ServerCore>() {
-            return s.get()._detach(py, transport.filter(|_| takes));
+            return s.get()._detach(py, transport);
         }
-        let name = pyo3::intern!(py, "_detach");
+        Self::call_server(server, pyo3::intern!(py, "_detach"), transport)
+    }
+
+    /// `server.<name>(transport)`, or `server.<name>()` for None: a server that is not
+    /// ferroloop's.
+    fn call_server(
+        server: &Bound<'_, PyAny>,
+        name: &Bound<'_, pyo3::types::PyString>,
+        transport: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         match transport {
-            Some(t) if takes => server.call_method1(name, (t,))?,
-            _ => server.call_method0(name)?,
+            Some(t) => server.call_method1(name, (t,))?,
+            None => server.call_method0(name)?,
         };
         Ok(())
     }
