@@ -62,20 +62,29 @@ impl LoopCore {
         drop(old);
     }
 
-    /// The transport of `fd` if it is still open, which asyncio's
-    /// `_ensure_fd_no_transport` refuses the fd for.
-    pub(crate) fn open_transport<'py>(
+    /// asyncio's `_ensure_fd_no_transport` once the fd is a number: a RuntimeError if a
+    /// transport still open owns `fd` (`shown`: the fd as the caller gave it, for the
+    /// message).
+    pub(crate) fn refuse_fd_of_transport(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         fd: RawFd,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        shown: impl FnOnce() -> String,
+    ) -> PyResult<()> {
         let Some(transport) = self.st.borrow(py).transports.get(py, fd) else {
-            return Ok(None);
+            return Ok(());
         };
-        let closing = transport
+        if transport
             .call_method0(pyo3::intern!(py, "is_closing"))?
-            .is_truthy()?;
-        Ok((!closing).then_some(transport))
+            .is_truthy()?
+        {
+            return Ok(());
+        }
+        Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "File descriptor {} is used by transport {}",
+            shown(),
+            crate::errors::repr(&transport)
+        )))
     }
 
     /// The live entries, as a dict (what `loop._transports` shows).

@@ -5,7 +5,7 @@
 
 use std::os::fd::RawFd;
 
-use pyo3::exceptions::{PyAttributeError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple};
 
@@ -335,13 +335,7 @@ impl LoopCore {
         let Ok(fileno) = fileno.extract::<RawFd>() else {
             return Ok(());
         };
-        if let Some(transport) = slf.get().open_transport(py, fileno)? {
-            return Err(PyRuntimeError::new_err(format!(
-                "File descriptor {} is used by transport {}",
-                repr(fd),
-                repr(&transport)
-            )));
-        }
+        slf.get().refuse_fd_of_transport(py, fileno, || repr(fd))?;
         Ok(())
     }
 }

@@ -298,13 +298,8 @@ impl SockCall {
 
 /// asyncio's `_ensure_fd_no_transport` for the fd of a socket call.
 fn ensure_fd_no_transport(lp: &Bound<'_, LoopCore>, fd: RawFd) -> PyResult<()> {
-    match lp.get().open_transport(lp.py(), fd)? {
-        None => Ok(()),
-        Some(t) => Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
-            "File descriptor {fd} is used by transport {}",
-            crate::errors::repr(&t)
-        ))),
-    }
+    lp.get()
+        .refuse_fd_of_transport(lp.py(), fd, || fd.to_string())
 }
 
 #[pymethods]
