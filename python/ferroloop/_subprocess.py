@@ -270,15 +270,7 @@ class Subprocesses:
                 self, protocol, args, shell, stdin, stdout, stderr, bufsize, waiter, extra,
                 True, kwargs,
             )  # fmt: skip
-            # _wait_started, inline (one coroutine less per child).
-            try:
-                await waiter
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException:
-                transp.close()
-                await tasks.shield(transp._wait())
-                raise
+            await self._wait_started(transp, waiter)
             return transp
         # The program's own child watcher, used as asyncio 3.10-3.13 use it (up to 3.11,
         # the object its `__enter__` returns).
