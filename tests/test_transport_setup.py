@@ -52,6 +52,14 @@ async def serve_one(loop, client_host: str):
     return protos[0], c, srv
 
 
+async def shut(proto: Echo, c: socket.socket, srv) -> None:
+    """Ends what serve_one() made: the client, its server-side connection, the server."""
+    c.close()
+    await proto.lost
+    srv.close()
+    await srv.wait_closed()
+
+
 # Octets of one, two and three digits, and zeros, in every position (all of 127/8 is
 # loopback on Linux).
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.10.200.3", "127.255.0.99", "127.1.20.255"])
@@ -64,10 +72,7 @@ def test_addresses_of_an_accepted_connection(loop, host):
             assert tr.get_extra_info("peername")[0] == host
             assert tr.get_extra_info("sockname") == srv.sockets[0].getsockname()
         finally:
-            c.close()
-            await proto.lost
-            srv.close()
-            await srv.wait_closed()
+            await shut(proto, c, srv)
 
     run(loop, main())
 
@@ -112,10 +117,7 @@ def test_methods_through_instance_class_and_subclass(loop):
             assert tr.get_write_buffer_size() == 0
             assert seen == [b"one", b"two"]
         finally:
-            c.close()
-            await proto.lost
-            srv.close()
-            await srv.wait_closed()
+            await shut(proto, c, srv)
 
     run(loop, main())
 
